@@ -1,0 +1,43 @@
+import D2MoEKernels
+
+/// Every routed expert held in memory as dense matrices: the reference backend the budgeted
+/// pool is checked against.
+public final class ResidentExperts: ExpertBackend, @unchecked Sendable {
+    /// [moeLayer][expert]
+    let experts: [[FeedForward]]
+    let hidden: Int
+    private let scratch = Scratch()
+
+    init(experts: [[FeedForward]], hidden: Int) {
+        self.experts = experts
+        self.hidden = hidden
+    }
+
+    /// Bytes of expert weights held.
+    public var byteCount: Int {
+        experts.joined().reduce(0) { $0 + $1.gate.weight.byteCount + $1.up.weight.byteCount + $1.down.weight.byteCount }
+    }
+
+    public func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes,
+                        output out: UnsafeMutablePointer<Float>) throws {
+        let layerExperts = experts[layer]
+        let tokens = routes.tokens
+        // Group the (token, slot) pairs by expert so each expert runs once on all its tokens.
+        var members = [[Int]](repeating: [], count: layerExperts.count)
+        for i in 0..<(tokens * routes.topK) { members[Int(routes.experts[i])].append(i) }
+        for (e, slots) in members.enumerated() where !slots.isEmpty {
+            let expert = layerExperts[e]
+            let n = slots.count
+            let gathered = scratch.floats(.gathered, n * hidden)
+            for (row, slot) in slots.enumerated() {
+                (gathered + row * hidden).update(from: x + (slot / routes.topK) * hidden, count: hidden)
+            }
+            let y = scratch.floats(.expertOut, n * hidden)
+            expert(gathered, tokens: n, y, gateBuffer: scratch.floats(.expertGate, n * expert.intermediate),
+                   upBuffer: scratch.floats(.expertUp, n * expert.intermediate))
+            for (row, slot) in slots.enumerated() {
+                Kernels.axpy(routes.weights[slot], y + row * hidden, out + (slot / routes.topK) * hidden, n: hidden)
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+import D2MoEFormats
+import D2MoETokenizers
+
+/// Reads what the engine needs from GGUF metadata: plain values for config translation and the
+/// tokenizer the file describes.
+enum GGUFMetadata {
+    /// Metadata as plain Swift values (Int, Double, Bool, String, arrays of them). The big
+    /// tokenizer arrays are left out; `tokenizer` reads them typed.
+    static func dictionary(_ file: GGUFFile) -> [String: Any] {
+        var out: [String: Any] = [:]
+        for (key, value) in file.metadata where !key.hasPrefix("tokenizer.ggml.") || !isArray(value) {
+            out[key] = plain(value)
+        }
+        if let tokens = file.metadata["tokenizer.ggml.tokens"], case .array(let a) = tokens {
+            out["tokenizer.ggml.tokens"] = Array(repeating: 0, count: a.count) as [Any]
+        }
+        return out
+    }
+
+    private static func isArray(_ v: GGUFValue) -> Bool { if case .array = v { return true } else { return false } }
+
+    private static func plain(_ v: GGUFValue) -> Any {
+        switch v {
+        case .int(let x): return Int(x)
+        case .uint(let x): return Int(truncatingIfNeeded: x)
+        case .float(let x): return x
+        case .bool(let b): return b
+        case .string(let s): return s
+        case .array(let a): return plain(a)
+        }
+    }
+
+    private static func plain(_ a: GGUFArray) -> [Any] {
+        switch a {
+        case .ints(let xs): return xs.map { Int($0) }
+        case .floats(let xs): return xs
+        case .bools(let xs): return xs
+        case .strings(let xs): return xs
+        case .arrays(let xs): return xs.map(plain)
+        }
+    }
+
+    /// The tokenizer described by `tokenizer.ggml.*`.
+    static func tokenizer(_ file: GGUFFile) throws -> any Tokenizer {
+        let m = file.metadata
+        func fail(_ s: String) -> ModelError { ModelError("\(file.path): \(s)") }
+        guard let model = m["tokenizer.ggml.model"]?.string else { throw fail("no tokenizer.ggml.model in metadata") }
+        guard let tokens = m["tokenizer.ggml.tokens"]?.stringArray else { throw fail("no tokenizer.ggml.tokens in metadata") }
+        let types = m["tokenizer.ggml.token_type"]?.intArray.map { $0.map { Int32(truncatingIfNeeded: $0) } }
+        func id(_ key: String) -> Int32? { m["tokenizer.ggml.\(key)"]?.int.map { Int32($0) } }
+        let eot = ["eot_token_id", "eom_token_id"].compactMap(id)
+        do {
+            switch model {
+            case "gpt2":
+                guard let merges = m["tokenizer.ggml.merges"]?.stringArray else { throw fail("no tokenizer.ggml.merges in metadata") }
+                return try ByteLevelBPETokenizer(
+                    tokens: tokens, merges: merges, tokenTypes: types, preTokenizer: m["tokenizer.ggml.pre"]?.string ?? "gpt2",
+                    bosID: id("bos_token_id"), eosID: id("eos_token_id"), eotIDs: eot,
+                    addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? false,
+                    addEOS: m["tokenizer.ggml.add_eos_token"]?.bool ?? false)
+            default:
+                throw fail("tokenizer model '\(model)' is not supported yet (gpt2 byte-level BPE is)")
+            }
+        } catch let error as TokenizerError {
+            throw fail("tokenizer: \(error.description)")
+        }
+    }
+}

@@ -1,0 +1,121 @@
+import D2MoEFormats
+
+/// Weights of a GGUF file under Hugging Face names: the architecture's table maps each name to
+/// llama.cpp's, every quant type is dequantized exactly, q/k rows permuted by llama.cpp's
+/// converter are restored, and per-expert names slice llama.cpp's stacked expert tensors.
+package final class GGUFWeights: WeightSource {
+    let file: GGUFFile
+    let architecture: GGUFArchitecture.Type
+    /// Heads and KV heads, for undoing the q/k permutation.
+    let heads: Int
+    let kvHeads: Int
+    package var origin: String { file.path }
+    /// The last stacked expert tensor dequantized, so slicing E experts dequantizes it once.
+    private var stackCache: (name: String, values: [Float])?
+
+    init(file: GGUFFile, architecture: GGUFArchitecture.Type, heads: Int, kvHeads: Int) {
+        self.file = file
+        self.architecture = architecture
+        self.heads = heads
+        self.kvHeads = kvHeads
+    }
+
+    /// GGUF tensor and, for a per-expert name, the expert index into its stack.
+    private func locate(_ name: String) -> (GGUFTensorInfo, expert: Int?)? {
+        if let expert = Self.expertName(name) {
+            guard let info = file.tensor(named: "blk.\(expert.layer).ffn_\(expert.kind)_exps.weight") else { return nil }
+            return (info, expert.index)
+        }
+        if let router = Self.routerName(name) {
+            return file.tensor(named: "blk.\(router).ffn_gate_inp.weight").map { ($0, nil) }
+        }
+        guard let gguf = architecture.ggufName(name), let info = file.tensor(named: gguf) else { return nil }
+        return (info, nil)
+    }
+
+    package func shape(of name: String) -> [Int]? {
+        guard let (info, expert) = locate(name) else { return nil }
+        let shape = Array(info.dimensions.reversed())  // GGUF lists the contiguous dimension first
+        return expert == nil ? shape : Array(shape.dropFirst())
+    }
+
+    package func floats(_ name: String) throws -> [Float] {
+        guard let (info, expert) = locate(name) else { throw ModelError("\(origin): missing tensor for '\(name)'") }
+        if let expert {
+            if stackCache?.name != info.name { stackCache = (info.name, try file.dequantize(info)) }
+            let per = info.elementCount / info.dimensions.last!
+            return Array(stackCache!.values[(expert * per)..<((expert + 1) * per)])
+        }
+        var values = try file.dequantize(info)
+        if architecture.ggufPermutesQK {
+            if name.hasSuffix("self_attn.q_proj.weight") { values = Self.unpermute(values, heads: heads, cols: info.dimensions[0]) }
+            if name.hasSuffix("self_attn.k_proj.weight") { values = Self.unpermute(values, heads: kvHeads, cols: info.dimensions[0]) }
+        }
+        return values
+    }
+
+    /// llama.cpp's converter stores row h·d + 2i + s at h·d + s·d/2 + i (interleaved rope pairs);
+    /// this restores the Hugging Face (rotate-half) order.
+    package static func unpermute(_ w: [Float], heads: Int, cols: Int) -> [Float] {
+        let rows = w.count / cols
+        let headDim = rows / heads, half = headDim / 2
+        var out = w
+        for h in 0..<heads {
+            for i in 0..<half {
+                for s in 0..<2 {
+                    let src = (h * headDim + 2 * i + s) * cols
+                    let dst = (h * headDim + s * half + i) * cols
+                    out[dst..<(dst + cols)] = w[src..<(src + cols)]
+                }
+            }
+        }
+        return out
+    }
+
+    /// The inverse of `unpermute`, for writing llama-style GGUF files.
+    package static func permute(_ w: [Float], heads: Int, cols: Int) -> [Float] {
+        let rows = w.count / cols
+        let headDim = rows / heads, half = headDim / 2
+        var out = w
+        for h in 0..<heads {
+            for i in 0..<half {
+                for s in 0..<2 {
+                    let dst = (h * headDim + 2 * i + s) * cols
+                    let src = (h * headDim + s * half + i) * cols
+                    out[dst..<(dst + cols)] = w[src..<(src + cols)]
+                }
+            }
+        }
+        return out
+    }
+
+    /// `model.layers.L.block_sparse_moe.experts.E.w1.weight` (Mixtral names) → (L, E, gate|up|down).
+    static func expertName(_ name: String) -> (layer: Int, index: Int, kind: String)? {
+        let p = name.split(separator: ".")
+        guard p.count == 8, p[0] == "model", p[1] == "layers", p[3] == "block_sparse_moe", p[4] == "experts",
+              let layer = Int(p[2]), let index = Int(p[5]) else { return nil }
+        let kinds = ["w1": "gate", "w3": "up", "w2": "down"]
+        return kinds[String(p[6])].map { (layer, index, $0) }
+    }
+
+    static func routerName(_ name: String) -> Int? {
+        let p = name.split(separator: ".")
+        guard p.count == 6, p[0] == "model", p[1] == "layers", p[3] == "block_sparse_moe", p[4] == "gate" else { return nil }
+        return Int(p[2])
+    }
+}
+
+/// Weights of a Hugging Face folder (one or several safetensors files).
+final class SafetensorsWeights: WeightSource {
+    let folder: SafetensorsFolder
+    let origin: String
+
+    init(folder: SafetensorsFolder, origin: String) {
+        self.folder = folder
+        self.origin = origin
+    }
+
+    func shape(of name: String) -> [Int]? { folder.tensorInfo(named: name)?.shape }
+
+    func floats(_ name: String) throws -> [Float] { try folder.floats(named: name) }
+}

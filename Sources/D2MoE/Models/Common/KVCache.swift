@@ -1,0 +1,50 @@
+import D2MoEKernels
+
+/// The keys and values of one sequence for every layer: position p of layer l lives at row p of
+/// that layer's [capacity, kvWidth] arrays. Positions must be written before they are attended.
+public final class KVCache: @unchecked Sendable {
+    /// Maximum number of positions.
+    public let capacity: Int
+    /// nKVHeads · headDim of each layer.
+    let kvWidths: [Int]
+    /// Per layer: [capacity, kvWidth] keys, then values.
+    private let keys: [AlignedBuffer]
+    private let values: [AlignedBuffer]
+    /// Number of positions written so far (the next position to fill).
+    public internal(set) var count = 0
+
+    init(capacity: Int, kvWidths: [Int]) {
+        self.capacity = capacity
+        self.kvWidths = kvWidths
+        keys = kvWidths.map { AlignedBuffer(byteCount: capacity * $0 * 4) }
+        values = kvWidths.map { AlignedBuffer(byteCount: capacity * $0 * 4) }
+    }
+
+    /// Bytes held by the cache.
+    public var byteCount: Int { keys.reduce(0) { $0 + $1.byteCount } * 2 }
+
+    /// Forgets every position, keeping the memory.
+    public func clear() { count = 0 }
+
+    /// Drops positions from `position` on (for re-using a common prefix).
+    public func truncate(to position: Int) { count = min(count, max(0, position)) }
+
+    func keys(layer: Int) -> UnsafeMutablePointer<Float> { keys[layer].floats() }
+    func values(layer: Int) -> UnsafeMutablePointer<Float> { values[layer].floats() }
+}
+
+/// One token of a forward batch: which sequence (an index into the caches passed alongside), its
+/// position there, and whether its logits are wanted.
+public struct BatchToken: Sendable, Equatable {
+    public var sequence: Int
+    public var position: Int
+    public var token: Int32
+    public var wantsLogits: Bool
+
+    public init(sequence: Int, position: Int, token: Int32, wantsLogits: Bool) {
+        self.sequence = sequence
+        self.position = position
+        self.token = token
+        self.wantsLogits = wantsLogits
+    }
+}

@@ -1,0 +1,87 @@
+import Foundation
+import D2MoEKernels
+
+/// The experts chosen for each token of a batch, with their mixing weights: what an MoE layer
+/// asks of its `ExpertBackend`.
+public struct ExpertRoutes: Sendable {
+    /// Experts per token.
+    public let topK: Int
+    /// [tokens, topK] expert ids.
+    public var experts: [Int32]
+    /// [tokens, topK] weights multiplying each expert's output.
+    public var weights: [Float]
+    /// [tokens, nExperts] router probabilities (softmax over all experts), for policies that rank
+    /// experts by importance.
+    public var probabilities: [Float]
+
+    public var tokens: Int { topK == 0 ? 0 : experts.count / topK }
+}
+
+/// Computes routed experts. The model calls it with "these tokens need these experts"; the
+/// resident implementation holds every expert in memory, later ones stream them under a budget.
+public protocol ExpertBackend: AnyObject {
+    /// out[t] += Σ_j weights[t, j] · expert_{experts[t, j]}(x[t]) for MoE layer `layer`.
+    /// x, out: [tokens, hidden].
+    func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes, output out: UnsafeMutablePointer<Float>) throws
+}
+
+/// A sparse MoE block: a softmax router choosing top-k experts per token, optional
+/// renormalisation of their weights, and an optional always-on shared expert with a sigmoid gate.
+struct SparseMoE {
+    /// [nExperts, hidden]
+    let router: Linear
+    let nExperts: Int
+    let topK: Int
+    /// Renormalise the top-k probabilities to sum to one (Mixtral, Qwen3-MoE).
+    let normalizeTopK: Bool
+    /// Sum expert outputs unweighted (MoEfied dense models: all experts active equals the dense FFN).
+    let unitWeights: Bool
+    /// Qwen2-MoE's shared expert and its gate ([1, hidden]).
+    let sharedExpert: FeedForward?
+    let sharedGate: Linear?
+    /// Index of this block among the model's MoE layers, as the expert backend counts them.
+    let moeLayer: Int
+
+    /// The routes of `tokens` rows of x: softmax over all experts, top-k, optional renormalisation.
+    func route(_ x: UnsafePointer<Float>, tokens: Int, scratch: Scratch) -> ExpertRoutes {
+        let logits = scratch.floats(.router, tokens * nExperts)
+        router(x, tokens: tokens, logits)
+        var experts = [Int32](repeating: 0, count: tokens * topK)
+        var weights = [Float](repeating: 0, count: tokens * topK)
+        var probabilities = [Float](repeating: 0, count: tokens * nExperts)
+        var order = [Int](repeating: 0, count: nExperts)
+        for t in 0..<tokens {
+            let p = logits + t * nExperts
+            Kernels.softmax(p, n: nExperts)
+            for e in 0..<nExperts { probabilities[t * nExperts + e] = p[e]; order[e] = e }
+            // Stable: equal probabilities keep the lower expert id first, as torch.topk does on CPU.
+            order.sort { p[$0] > p[$1] || (p[$0] == p[$1] && $0 < $1) }
+            var sum: Float = 0
+            for j in 0..<topK { sum += p[order[j]] }
+            for j in 0..<topK {
+                experts[t * topK + j] = Int32(order[j])
+                weights[t * topK + j] = unitWeights ? 1 : (normalizeTopK ? p[order[j]] / sum : p[order[j]])
+            }
+        }
+        return ExpertRoutes(topK: topK, experts: experts, weights: weights, probabilities: probabilities)
+    }
+
+    /// out: [tokens, hidden] = the block's output for x (normalised hidden states).
+    func callAsFunction(_ x: UnsafePointer<Float>, tokens: Int, hidden: Int, backend: ExpertBackend,
+                        scratch: Scratch, _ out: UnsafeMutablePointer<Float>) throws {
+        let routes = route(x, tokens: tokens, scratch: scratch)
+        out.initialize(repeating: 0, count: tokens * hidden)
+        try backend.compute(layer: moeLayer, input: x, routes: routes, output: out)
+        if let sharedExpert, let sharedGate {
+            let shared = scratch.floats(.ffnOut, tokens * hidden)
+            sharedExpert(x, tokens: tokens, shared, gateBuffer: scratch.floats(.gate, tokens * sharedExpert.intermediate),
+                         upBuffer: scratch.floats(.up, tokens * sharedExpert.intermediate))
+            let g = scratch.floats(.sharedGate, tokens)
+            sharedGate(x, tokens: tokens, g)
+            for t in 0..<tokens {
+                let s = 1 / (1 + Foundation.exp(-g[t]))
+                Kernels.axpy(s, shared + t * hidden, out + t * hidden, n: hidden)
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+import Foundation
+import D2MoEKernels
+
+/// What a loaded model is: the numbers `inspect` prints and the engine sizes its caches by.
+public struct ModelInfo: Sendable {
+    /// config.json's model_type (GGUF architectures are mapped to it).
+    public var modelType: String
+    public var vocabularySize: Int
+    public var hiddenSize: Int
+    public var layerCount: Int
+    public var headCount: Int
+    public var kvHeadCount: Int
+    public var headDim: Int
+    /// Context length the model was trained for.
+    public var contextLength: Int
+    /// Routed experts per MoE layer (0 for a dense model) and experts chosen per token.
+    public var expertCount: Int
+    public var expertsPerToken: Int
+    /// Number of layers whose feed-forward block is sparse.
+    public var moeLayerCount: Int
+}
+
+/// A decoder-only transformer assembled from the shared blocks by an architecture file.
+/// `forward` runs a batch of tokens from any number of sequences, each with its own KV cache.
+/// One forward at a time: callers serialise (the generation scheduler does).
+public final class TransformerModel: @unchecked Sendable {
+    public let info: ModelInfo
+    /// [vocab, hidden], float32 for direct row lookup.
+    let embeddings: DenseMatrix
+    /// Multiplies looked-up embeddings (Gemma: √hidden).
+    let embeddingScale: Float
+    let layers: [DecoderLayer]
+    let finalNorm: RMSNorm
+    /// [vocab, hidden]; the embedding matrix itself when tied.
+    let lmHead: DenseMatrix
+    /// Final logits pass through c·tanh(x/c) when set.
+    let finalSoftcap: Float?
+    /// Routed experts of the MoE layers; nil for dense models.
+    public let experts: ExpertBackend?
+    /// Calibration hooks (see `FeedForwardObserver`).
+    public var observer: FeedForwardObserver?
+
+    let pool: ComputePool
+    private let scratch = Scratch()
+    private let lock = NSLock()
+
+    init(info: ModelInfo, embeddings: DenseMatrix, embeddingScale: Float = 1, layers: [DecoderLayer],
+         finalNorm: RMSNorm, lmHead: DenseMatrix, finalSoftcap: Float? = nil, experts: ExpertBackend?,
+         pool: ComputePool = .shared) {
+        self.info = info
+        self.embeddings = embeddings
+        self.embeddingScale = embeddingScale
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+        self.finalSoftcap = finalSoftcap
+        self.experts = experts
+        self.pool = pool
+    }
+
+    /// A cache for one sequence of up to `capacity` positions.
+    public func makeCache(capacity: Int) -> KVCache {
+        KVCache(capacity: capacity, kvWidths: layers.map(\.attention.kvWidth))
+    }
+
+    /// Bytes of weights held in memory (experts included when resident).
+    public var weightBytes: Int {
+        embeddings.byteCount + (lmHead.base == embeddings.base ? 0 : lmHead.byteCount) + layerBytes + residentExpertBytes
+    }
+
+    /// Bytes of weights one decode step reads: every layer matrix and the output head once, and
+    /// the chosen experts' share of the expert bytes.
+    public var decodeBytesPerToken: Int {
+        let experts = info.expertCount > 0 ? residentExpertBytes * info.expertsPerToken / info.expertCount : 0
+        return lmHead.byteCount + layerBytes + experts
+    }
+
+    private var residentExpertBytes: Int { (experts as? ResidentExperts)?.byteCount ?? 0 }
+
+    /// Attention, dense feed-forward, router and shared-expert matrices of all layers.
+    private var layerBytes: Int {
+        func bytes(_ f: FeedForward) -> Int { f.gate.weight.byteCount + f.up.weight.byteCount + f.down.weight.byteCount }
+        var total = 0
+        for layer in layers {
+            let a = layer.attention
+            total += [a.q, a.k, a.v, a.o].reduce(0) { $0 + $1.weight.byteCount }
+            switch layer.ffn {
+            case .dense(let f): total += bytes(f)
+            case .sparse(let m): total += m.router.weight.byteCount + (m.sharedExpert.map(bytes) ?? 0)
+            }
+        }
+        return total
+    }
+
+    /// Runs `batch` and writes the logits of the tokens that want them, in batch order, into
+    /// `logits` ([wanted, vocab]). Each token's position must be the next unwritten position of its
+    /// sequence or earlier ones of this batch; positions must fit the cache.
+    public func forward(_ batch: [BatchToken], caches: [KVCache], logits: UnsafeMutablePointer<Float>) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        try validate(batch, caches: caches)
+        let tokens = batch.count
+        let hidden = info.hiddenSize
+        let x = scratch.floats(.hidden, tokens * hidden)
+        let xn = scratch.floats(.normed, tokens * hidden)
+        let y = scratch.floats(.blockOut, tokens * hidden)
+        for (t, bt) in batch.enumerated() {
+            let row = embeddings.base.advanced(by: Int(bt.token) * hidden * 4).assumingMemoryBound(to: Float.self)
+            (x + t * hidden).update(from: row, count: hidden)
+            if embeddingScale != 1 { Kernels.scale(x + t * hidden, by: embeddingScale, n: hidden) }
+        }
+        for (l, layer) in layers.enumerated() {
+            layer.inputNorm(x, tokens: tokens, xn)
+            layer.attention(xn, batch: batch, caches: caches, layer: l, scratch: scratch, pool: pool, y)
+            if let norm = layer.postAttentionNorm { norm(y, tokens: tokens, y) }
+            Kernels.add(y, x, n: tokens * hidden)
+            layer.preFFNNorm(x, tokens: tokens, xn)
+            switch layer.ffn {
+            case .dense(let ffn):
+                let gate = scratch.floats(.gate, tokens * ffn.intermediate)
+                ffn(xn, tokens: tokens, y, gateBuffer: gate, upBuffer: scratch.floats(.up, tokens * ffn.intermediate))
+                observer?.observe(layer: l, input: xn, activations: gate, tokens: tokens, hidden: hidden,
+                                  intermediate: ffn.intermediate)
+            case .sparse(let moe):
+                guard let experts else { throw ModelError("model has MoE layers but no expert backend") }
+                try moe(xn, tokens: tokens, hidden: hidden, backend: experts, scratch: scratch, y)
+            }
+            if let norm = layer.postFFNNorm { norm(y, tokens: tokens, y) }
+            Kernels.add(y, x, n: tokens * hidden)
+        }
+        for bt in batch { caches[bt.sequence].count = max(caches[bt.sequence].count, bt.position + 1) }
+
+        // Only the rows whose logits are wanted go through the final norm and the output head.
+        var wanted = 0
+        for (t, bt) in batch.enumerated() where bt.wantsLogits {
+            (xn + wanted * hidden).update(from: x + t * hidden, count: hidden)
+            wanted += 1
+        }
+        guard wanted > 0 else { return }
+        finalNorm(xn, tokens: wanted, xn)
+        Kernels.matmul(lmHead, xn, tokens: wanted, logits, pool: pool)
+        if let c = finalSoftcap {
+            for i in 0..<(wanted * info.vocabularySize) { logits[i] = c * Foundation.tanh(logits[i] / c) }
+        }
+    }
+
+    /// Convenience for tests and tools: the logits of every token wanting them, as arrays.
+    public func forward(_ batch: [BatchToken], caches: [KVCache]) throws -> [[Float]] {
+        let wanted = batch.filter(\.wantsLogits).count
+        let vocab = info.vocabularySize
+        var flat = [Float](repeating: 0, count: max(wanted, 1) * vocab)
+        try flat.withUnsafeMutableBufferPointer { try forward(batch, caches: caches, logits: $0.baseAddress!) }
+        return (0..<wanted).map { Array(flat[($0 * vocab)..<(($0 + 1) * vocab)]) }
+    }
+
+    private func validate(_ batch: [BatchToken], caches: [KVCache]) throws {
+        guard !batch.isEmpty else { throw ModelError("empty batch") }
+        for bt in batch {
+            guard bt.sequence >= 0, bt.sequence < caches.count else {
+                throw ModelError("batch token names sequence \(bt.sequence) but \(caches.count) caches were given")
+            }
+            guard bt.token >= 0, Int(bt.token) < info.vocabularySize else {
+                throw ModelError("token id \(bt.token) is outside the vocabulary (0..<\(info.vocabularySize))")
+            }
+            let cache = caches[bt.sequence]
+            guard bt.position >= 0, bt.position < cache.capacity else {
+                throw ModelError("position \(bt.position) is past the context (\(cache.capacity) tokens)")
+            }
+            guard bt.position <= cache.count + batch.count else {
+                throw ModelError("position \(bt.position) skips ahead of the cache (\(cache.count) positions written)")
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+import D2MoEKernels
+
+/// Where a model's weights come from. Names are the Hugging Face checkpoint's own
+/// (`model.layers.0.self_attn.q_proj.weight`); a GGUF source translates them to llama.cpp's names
+/// through the architecture's `ggufName` table.
+public protocol WeightSource: AnyObject {
+    /// A human-readable origin (the file path) for error messages.
+    var origin: String { get }
+    /// Shape outermost-first (PyTorch order: a linear weight is [out, in]), nil when absent.
+    func shape(of name: String) -> [Int]?
+    /// All elements as float32, row-major in PyTorch order.
+    func floats(_ name: String) throws -> [Float]
+}
+
+/// Errors building a model: the message names the file, the tensor and the problem.
+public struct ModelError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Options that apply while weights are turned into a model.
+public struct LoadOptions: Sendable {
+    /// Element type of the dense weight matrices (activations are always float32).
+    public var dtype: ElementType
+    /// Context length the model is run at; nil keeps the model's own (capped at 4096).
+    public var contextLength: Int?
+
+    public init(dtype: ElementType = .f32, contextLength: Int? = nil) {
+        self.dtype = dtype
+        self.contextLength = contextLength
+    }
+}
+
+extension WeightSource {
+    func contains(_ name: String) -> Bool { shape(of: name) != nil }
+
+    /// A [rows, cols] weight, checked against the expected shape.
+    func matrix(_ name: String, rows: Int, cols: Int, dtype: ElementType) throws -> DenseMatrix {
+        let values = try checkedFloats(name, shape: [rows, cols])
+        return DenseMatrix.make(rows: rows, cols: cols, values: values, dtype: dtype)
+    }
+
+    /// A vector of n elements.
+    func vector(_ name: String, count: Int) throws -> [Float] {
+        try checkedFloats(name, shape: [count])
+    }
+
+    func checkedFloats(_ name: String, shape expected: [Int]) throws -> [Float] {
+        guard let shape = shape(of: name) else {
+            throw ModelError("\(origin): missing tensor '\(name)'")
+        }
+        guard shape == expected else {
+            throw ModelError("\(origin): tensor '\(name)' has shape \(shape), expected \(expected)")
+        }
+        return try floats(name)
+    }
+}
+
+extension DenseMatrix {
+    /// Builds a matrix of the given element type from float32 values.
+    static func make(rows: Int, cols: Int, values: [Float], dtype: ElementType) -> DenseMatrix {
+        let buffer = AlignedBuffer(byteCount: rows * cols * dtype.byteCount)
+        values.withUnsafeBufferPointer { src in
+            switch dtype {
+            case .f32:
+                buffer.pointer.copyMemory(from: src.baseAddress!, byteCount: rows * cols * 4)
+            case .f16:
+                let dst = buffer.pointer.bindMemory(to: UInt16.self, capacity: rows * cols)
+                for i in 0..<(rows * cols) { dst[i] = halfBitsFromFloat(src[i]) }
+            case .bf16:
+                let dst = buffer.pointer.bindMemory(to: UInt16.self, capacity: rows * cols)
+                for i in 0..<(rows * cols) { dst[i] = bfloat16BitsFromFloat(src[i]) }
+            }
+        }
+        return DenseMatrix(rows: rows, cols: cols, elementType: dtype, base: buffer.pointer, owner: buffer)
+    }
+}

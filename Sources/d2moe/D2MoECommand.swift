@@ -1,0 +1,52 @@
+import ArgumentParser
+import D2MoE
+import Foundation
+
+@main
+struct D2MoECommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "d2moe",
+        abstract: "Run Mixture-of-Experts language models on devices with less memory than the model.",
+        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self])
+}
+
+/// Options every command that loads a model shares.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "A GGUF file or a Hugging Face folder (config.json, *.safetensors).")
+    var model: String
+
+    @Option(name: .long, help: "Element type of dense weights: f32, f16 or bf16.")
+    var dtype: String = "f32"
+
+    @Option(name: .customLong("ctx"), help: "Context length (default: the model's, at most 4096).")
+    var contextLength: Int?
+
+    func load() throws -> Engine {
+        guard let type = ElementType(rawValue: dtype) else {
+            throw ValidationError("--dtype must be f32, f16 or bf16, got '\(dtype)'")
+        }
+        if let contextLength, contextLength < 1 { throw ValidationError("--ctx must be ≥ 1") }
+        return try Engine.load(path: model, options: LoadOptions(dtype: type, contextLength: contextLength))
+    }
+}
+
+/// Prints an error the way every command does and exits non-zero.
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(1)
+}
+
+func printJSON<T: Encodable>(_ value: T) {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+func formatBytes(_ n: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    return String(format: "%.1f %@", v, units[u])
+}

@@ -1,0 +1,112 @@
+import Foundation
+import Testing
+import D2MoE
+
+/// The real SmolLM2-135M file (fetched by scripts/setup) against independent references:
+/// a NumPy forward pass over the `gguf` package's dequantized tensors, and llama.cpp's
+/// perplexity tool on the same weights (scripts/reference/).
+@Suite(.serialized, .enabled(if: TestPaths.exists(TestPaths.smolLM2), "SKIP: models/SmolLM2-135M-Instruct.Q4_1.gguf absent; run scripts/setup"))
+struct SmolLM2Tests {
+    static let engine: Engine? = try? Engine.load(path: TestPaths.smolLM2, options: LoadOptions(contextLength: 512))
+
+    func engine() throws -> Engine { try #require(Self.engine) }
+
+    func greedy(_ prompt: String, maxTokens: Int) async throws -> String {
+        var parameters = GenerationParameters()
+        parameters.sampling = .greedy
+        parameters.maxTokens = maxTokens
+        var text = ""
+        for await event in try engine().generate(prompt: prompt, parameters: parameters) {
+            if case .text(let piece, _) = event { text += piece }
+            if case .failed(let message) = event { Issue.record("generation failed: \(message)") }
+        }
+        return text
+    }
+
+    @Test func greedyContinuationOfTheCapitalOfFranceIsParis() async throws {
+        let text = try await greedy("The capital of France is", maxTokens: 8)
+        #expect(text.contains("Paris"), "continuation was \(text.debugDescription)")
+    }
+
+    @Test func logitsAgreeWithTheNumPyReference() throws {
+        let reference = try TestPaths.json(TestPaths.fixtures.appendingPathComponent("smollm2-reference.json"))
+        let ids = (reference["input_ids"] as! [Int]).map(Int32.init)
+        let argmax = reference["argmax"] as! [Int]
+        let nll = (reference["nll"] as! [Any]).map { ($0 as! NSNumber).doubleValue }
+        let model = try engine().model
+        let cache = model.makeCache(capacity: ids.count)
+        let batch = ids.enumerated().map { BatchToken(sequence: 0, position: $0.offset, token: $0.element, wantsLogits: true) }
+        let logits = try model.forward(batch, caches: [cache])
+        var agree = 0
+        var worstNLL = 0.0
+        for p in 0..<argmax.count {
+            let row = logits[p]
+            let mine = row.indices.max { row[$0] < row[$1] }!
+            if mine == argmax[p] { agree += 1 }
+            if p + 1 < ids.count {
+                let m = row.max()!
+                let lse = log(row.reduce(0.0) { $0 + exp(Double($1 - m)) }) + Double(m)
+                worstNLL = max(worstNLL, abs((lse - Double(row[Int(ids[p + 1])])) - nll[p]))
+            }
+        }
+        let agreement = Double(agree) / Double(argmax.count)
+        #expect(argmax.count >= 256)
+        #expect(agreement >= 0.99, "argmax agreement \(agreement)")
+        #expect(worstNLL < 2e-3, "largest next-token log-likelihood difference \(worstNLL)")
+    }
+
+    @Test func perplexityIsWithinHalfAPercentOfLlamaCpp() throws {
+        let reference = try TestPaths.json(TestPaths.fixtures.appendingPathComponent("llamacpp-reference.json"))
+        let quick = reference["perplexity_chunks"] as! [String: Any]
+        let chunks = quick["chunks"] as! Int
+        let expected = (quick["perplexity"] as! NSNumber).doubleValue
+        try #require(TestPaths.exists(TestPaths.wikitext), "data/wikitext-2-raw/wiki.test.raw absent; run scripts/setup")
+        let text = try String(contentsOfFile: TestPaths.wikitext, encoding: .utf8)
+        let result = try Perplexity.evaluate(engine: engine(), text: text, context: 512, maxChunks: chunks)
+        #expect(result.chunks == chunks)
+        #expect(abs(result.perplexity / expected - 1) < 0.005, "d2moe \(result.perplexity) vs llama.cpp \(expected)")
+    }
+
+    @Test func promptLongerThanTheContextIsRejected() throws {
+        let long = String(repeating: "word ", count: 600)
+        #expect(throws: GenerationError.self) { _ = try engine().generate(prompt: long) }
+    }
+}
+
+/// The command line: exit codes and messages on good and bad input.
+@Suite(.serialized) struct CommandLineTests {
+    @Test(.enabled(if: TestPaths.exists(TestPaths.smolLM2), "SKIP: SmolLM2 absent; run scripts/setup"))
+    func runStreamsParis() throws {
+        let r = try runCLI(["run", "--model", TestPaths.smolLM2, "--prompt", "The capital of France is",
+                            "--temperature", "0", "--max-tokens", "8", "--stats"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout.contains("Paris"))
+        #expect(r.stderr.contains("tokens/s"))
+    }
+
+    @Test func missingModelFileFailsWithAMessage() throws {
+        let r = try runCLI(["run", "--model", "/nonexistent/model.gguf", "--prompt", "hi"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("/nonexistent/model.gguf"))
+    }
+
+    @Test(.enabled(if: TestPaths.exists(TestPaths.smolLM2), "SKIP: SmolLM2 absent; run scripts/setup"))
+    func truncatedGGUFFailsWithAMessage() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: TestPaths.smolLM2)).prefix(3_000_000)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("truncated-\(UUID().uuidString).gguf")
+        try data.write(to: path)
+        defer { try? FileManager.default.removeItem(at: path) }
+        for command in [["run", "--model", path.path, "--prompt", "hi"], ["inspect", "--model", path.path]] {
+            let r = try runCLI(command)
+            #expect(r.status != 0)
+            #expect(r.stderr.contains(path.lastPathComponent), "stderr: \(r.stderr)")
+        }
+    }
+
+    @Test(.enabled(if: TestPaths.exists(TestPaths.smolLM2), "SKIP: SmolLM2 absent; run scripts/setup"))
+    func promptLongerThanTheContextFailsWithAMessage() throws {
+        let r = try runCLI(["run", "--model", TestPaths.smolLM2, "--ctx", "16", "--prompt", String(repeating: "word ", count: 40)])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("longer than the context"))
+    }
+}
