@@ -1,57 +1,130 @@
+import CD2MoEKernels
 import Foundation
 
+/// How matrix products run on this processor.
+public enum KernelPath: String, Sendable, CaseIterable {
+    /// AVX2 + FMA (+ F16C) in the C target.
+    case avx2
+    /// Swift SIMD, for any processor.
+    case portable
+
+    /// The best path this processor supports.
+    public static let best: KernelPath = {
+        let f = d2moe_cpu_features()
+        let need = UInt32(D2MOE_CPU_AVX2) | UInt32(D2MOE_CPU_FMA) | UInt32(D2MOE_CPU_F16C)
+        return f & need == need ? .avx2 : .portable
+    }()
+}
+
 /// The fast kernels the model layer calls. Each has a `Reference` twin it is tested against.
-/// PLACEHOLDER BODIES: they forward to `Reference` until the SIMD versions land.
 public enum Kernels {
-    /// y[t, r] = Σ_c W[r, c] · x[t, c]; x: [tokens, W.cols], y: [tokens, W.rows]. Split over the
-    /// pool's threads by rows. Any `tokens` ≥ 1 (1 = matrix-vector).
+    /// y[t, r] = Σ_c W[r, c] · x[t, c]; x: [tokens, W.cols], y: [tokens, W.rows]. Rows are split
+    /// over the pool's threads.
     public static func matmul(_ w: DenseMatrix, _ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>,
-                              pool: ComputePool = .shared) {
-        Reference.matmul(w, x, tokens: tokens, y)
+                              pool: ComputePool = .shared, path: KernelPath = .best) {
+        // Chunks of rows, a multiple of 4, about 4 per thread so uneven progress evens out;
+        // small products stay on one thread, where dispatch would cost more than it saves.
+        let work = w.rows * w.cols * tokens
+        let chunks = work < 32_768 ? 1 : min(pool.threadCount * 4, max(1, w.rows / 16))
+        let per = ((w.rows + chunks - 1) / chunks + 3) & ~3
+        let n = (w.rows + per - 1) / per
+        let elem: Int32 = w.elementType == .f32 ? Int32(D2MOE_F32) : w.elementType == .f16 ? Int32(D2MOE_F16) : Int32(D2MOE_BF16)
+        pool.parallelFor(n) { chunk in
+            let r0 = chunk * per, r1 = min(w.rows, r0 + per)
+            switch path {
+            case .avx2:
+                d2moe_matmul_avx2(w.base, elem, w.rows, w.cols, x, tokens, y, r0, r1)
+            case .portable:
+                PortableKernels.matmul(w, x, tokens: tokens, y, rows: r0..<r1)
+            }
+        }
     }
 
     /// RMSNorm over `tokens` rows of n: out = x / sqrt(mean(x²) + eps) · (weight + weightOffset).
     /// `out` may equal `x`.
     public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, weightOffset: Float = 0,
                                n: Int, tokens: Int = 1, eps: Float, _ out: UnsafeMutablePointer<Float>) {
-        Reference.rmsNorm(x, weight: weight, weightOffset: weightOffset, n: n, tokens: tokens, eps: eps, out)
+        for t in 0..<tokens {
+            let row = x + t * n
+            let ss = dot(row, row, n: n)
+            let scale = 1 / (ss / Float(n) + eps).squareRoot()
+            let o = out + t * n
+            for i in 0..<n { o[i] = row[i] * scale * (weight[i] + weightOffset) }
+        }
     }
 
     /// In-place softmax of n values.
-    public static func softmax(_ x: UnsafeMutablePointer<Float>, n: Int) { Reference.softmax(x, n: n) }
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, n: Int) {
+        var m = -Float.infinity
+        for i in 0..<n { m = max(m, x[i]) }
+        var sum: Float = 0
+        for i in 0..<n { let e = Foundation.exp(x[i] - m); x[i] = e; sum += e }
+        let inv = 1 / sum
+        for i in 0..<n { x[i] *= inv }
+    }
 
     /// Rotate-half rotary embedding of `nHeads` consecutive heads of `headDim` at `position`.
     public static func rope(_ heads: UnsafeMutablePointer<Float>, nHeads: Int, headDim: Int, rotaryDim: Int,
                             position: Int, invFreq: UnsafePointer<Float>) {
-        for h in 0..<nHeads { Reference.rope(heads + h * headDim, rotaryDim: rotaryDim, position: position, invFreq: invFreq) }
+        let half = rotaryDim / 2
+        // Angles in double: positions reach thousands and float would lose the low bits.
+        for i in 0..<half {
+            let angle = Double(position) * Double(invFreq[i])
+            let c = Float(Foundation.cos(angle)), s = Float(Foundation.sin(angle))
+            for h in 0..<nHeads {
+                let p = heads + h * headDim
+                let a = p[i], b = p[i + half]
+                p[i] = a * c - b * s
+                p[i + half] = b * c + a * s
+            }
+        }
     }
 
     /// gate = silu(gate) · up, element-wise.
     public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, n: Int) {
-        Reference.siluMul(gate, up, n: n)
+        for i in 0..<n { let g = gate[i]; gate[i] = g / (1 + Foundation.exp(-g)) * up[i] }
     }
 
     /// gate = gelu_tanh(gate) · up, element-wise.
     public static func geluTanhMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, n: Int) {
-        Reference.geluTanhMul(gate, up, n: n)
+        for i in 0..<n {
+            let g = gate[i]
+            gate[i] = 0.5 * g * (1 + Foundation.tanh(0.7978845608 * (g + 0.044715 * g * g * g))) * up[i]
+        }
     }
 
     /// Σ a[i]·b[i].
+    @inlinable
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, n: Int) -> Float {
-        var s: Float = 0
-        for i in 0..<n { s += a[i] * b[i] }
+        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
+        var i = 0
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        while i + 16 <= n {
+            s0 += ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            s1 += ra.loadUnaligned(fromByteOffset: i * 4 + 32, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: i * 4 + 32, as: SIMD8<Float>.self)
+            i += 16
+        }
+        var s = (s0 + s1).sum()
+        while i < n { s += a[i] * b[i]; i += 1 }
         return s
     }
 
     /// y += alpha · x.
+    @inlinable
     public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int) {
-        for i in 0..<n { y[i] += alpha * x[i] }
+        var i = 0
+        let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
+        let a = SIMD8<Float>(repeating: alpha)
+        while i + 8 <= n {
+            let v = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) + a * rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            ry.storeBytes(of: v, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n { y[i] += alpha * x[i]; i += 1 }
     }
 
     /// y += x.
-    public static func add(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int) {
-        for i in 0..<n { y[i] += x[i] }
-    }
+    public static func add(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int) { axpy(1, x, y, n: n) }
 
     /// x *= s.
     public static func scale(_ x: UnsafeMutablePointer<Float>, by s: Float, n: Int) {
@@ -59,21 +132,25 @@ public enum Kernels {
     }
 }
 
-/// A fixed pool of compute threads that persist for the process (spin briefly, then sleep), so a
-/// kernel call costs about a microsecond of dispatch rather than a Dispatch round trip.
-/// PLACEHOLDER: runs inline until the real pool lands.
-public final class ComputePool: @unchecked Sendable {
-    /// One thread per core.
-    public static let shared = ComputePool(threadCount: ProcessInfo.processInfo.activeProcessorCount)
-
-    /// Threads that run work, the caller's included.
-    public let threadCount: Int
-
-    public init(threadCount: Int) { self.threadCount = max(1, threadCount) }
-
-    /// Runs body(i) for i in 0..<n across the threads (the caller takes part); returns when all
-    /// have finished. Not reentrant: body must not call parallelFor on the same pool.
-    public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
-        for i in 0..<n { body(i) }
+/// Swift SIMD versions for processors without AVX2 (and the fallback the tests compare too).
+enum PortableKernels {
+    static func matmul(_ w: DenseMatrix, _ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+        let cols = w.cols
+        switch w.elementType {
+        case .f32:
+            let base = w.base.assumingMemoryBound(to: Float.self)
+            for t in 0..<tokens {
+                for r in rows { y[t * w.rows + r] = Kernels.dot(base + r * cols, x + t * cols, n: cols) }
+            }
+        case .f16, .bf16:
+            for t in 0..<tokens {
+                let xt = x + t * cols
+                for r in rows {
+                    var s: Float = 0
+                    for c in 0..<cols { s += w.element(r, c) * xt[c] }
+                    y[t * w.rows + r] = s
+                }
+            }
+        }
     }
 }

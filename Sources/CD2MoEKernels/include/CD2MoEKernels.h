@@ -17,3 +17,12 @@ enum {
 uint32_t d2moe_cpu_features(void);
 
 #endif
+
+/// Element types of dense matrices, as D2MoEKernels' ElementType.
+enum { D2MOE_F32 = 0, D2MOE_F16 = 1, D2MOE_BF16 = 2 };
+
+/// y[t * rows + r] = sum_c W[r, c] * x[t * cols + c] for rows r in [row_begin, row_end) and all
+/// t < tokens. W is row-major rows x cols of `elem` type. Uses AVX2+FMA (and F16C for f16);
+/// call only when d2moe_cpu_features() reports them.
+void d2moe_matmul_avx2(const void *w, int elem, long rows, long cols, const float *x, long tokens,
+                       float *y, long row_begin, long row_end);

@@ -20,6 +20,11 @@ public enum SpeedBenchmark {
     }
 
     public static func run(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int) throws -> Result {
+        try onComputeThread { try measure(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
+                                          repetitions: repetitions) }
+    }
+
+    static func measure(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int) throws -> Result {
         let model = engine.model
         guard promptTokens + generateTokens <= engine.contextLength else {
             throw GenerationError.promptTooLong(tokens: promptTokens + generateTokens, context: engine.contextLength)
@@ -85,4 +90,23 @@ public enum ProcessMemory {
         return usage.ru_maxrss
         #endif
     }
+}
+
+/// Runs long synchronous compute on a dedicated thread and waits for it, rather than blocking a
+/// thread of Swift's cooperative pool for seconds.
+func onComputeThread<T>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+    let box = ResultBox<T>()
+    let done = DispatchSemaphore(value: 0)
+    let thread = Thread {
+        box.result = Result { try body() }
+        done.signal()
+    }
+    thread.stackSize = 8 << 20
+    thread.start()
+    done.wait()
+    return try box.result!.get()
+}
+
+private final class ResultBox<T>: @unchecked Sendable {
+    var result: Result<T, Error>?
 }
