@@ -17,11 +17,20 @@ package enum NeuronClustering {
         }
         for j in 0..<neurons { normalize(&features, offset: j * tokens, count: tokens) }
 
+        // Farthest-point seeding: a random first centroid, then each next one the neuron least
+        // similar to every centroid so far, so no two seeds start inside one co-firing group.
         var generator = SeededGenerator(seed: seed)
         var centroids = [Float](repeating: 0, count: experts * tokens)
-        let starts = Array((0..<neurons).shuffled(using: &generator).prefix(experts))
-        for (e, j) in starts.enumerated() {
-            for t in 0..<tokens { centroids[e * tokens + t] = features[j * tokens + t] }
+        var closest = [Float](repeating: -.infinity, count: neurons)
+        var pick = Int.random(in: 0..<neurons, using: &generator)
+        for e in 0..<experts {
+            for t in 0..<tokens { centroids[e * tokens + t] = features[pick * tokens + t] }
+            for j in 0..<neurons {
+                var s: Float = 0
+                for t in 0..<tokens { s += features[j * tokens + t] * centroids[e * tokens + t] }
+                closest[j] = max(closest[j], s)
+            }
+            pick = closest.indices.min { closest[$0] < closest[$1] }!
         }
         let capacity = neurons / experts
         var assignment = [Int](repeating: 0, count: neurons)

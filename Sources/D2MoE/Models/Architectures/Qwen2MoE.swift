@@ -14,7 +14,8 @@ enum Qwen2MoE: Architecture {
         let denseLayers: Set<Int>
 
         init(_ c: ConfigReader, normalizeDefault: Bool) throws {
-            nExperts = try c.int("num_experts")
+            // transformers v5 writes Qwen3-MoE's expert count as num_local_experts.
+            nExperts = try c.optionalInt("num_local_experts") ?? c.int("num_experts")
             topK = try c.int("num_experts_per_tok")
             expertIntermediate = try c.int("moe_intermediate_size")
             normalizeTopK = c.bool("norm_topk_prob", default: normalizeDefault)
