@@ -50,6 +50,7 @@ struct SmolLM2Tests {
             }
         }
         let agreement = Double(agree) / Double(argmax.count)
+        print("SmolLM2 vs NumPy reference: argmax agreement \(agree)/\(argmax.count), largest next-token NLL difference \(worstNLL)")
         #expect(argmax.count >= 256)
         #expect(agreement >= 0.99, "argmax agreement \(agreement)")
         #expect(worstNLL < 2e-3, "largest next-token log-likelihood difference \(worstNLL)")
@@ -63,6 +64,7 @@ struct SmolLM2Tests {
         try #require(TestPaths.exists(TestPaths.wikitext), "data/wikitext-2-raw/wiki.test.raw absent; run scripts/setup")
         let text = try String(contentsOfFile: TestPaths.wikitext, encoding: .utf8)
         let result = try Perplexity.evaluate(engine: engine(), text: text, context: 512, maxChunks: chunks)
+        print("SmolLM2 WikiText-2 perplexity over \(chunks) windows: d2moe \(result.perplexity), llama.cpp \(expected)")
         #expect(result.chunks == chunks)
         #expect(abs(result.perplexity / expected - 1) < 0.005, "d2moe \(result.perplexity) vs llama.cpp \(expected)")
     }
