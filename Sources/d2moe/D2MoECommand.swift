@@ -21,12 +21,16 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("ctx"), help: "Context length (default: the model's, at most 4096).")
     var contextLength: Int?
 
+    @Option(name: .long, help: "Experts chosen per token in MoE layers (default: the model's).")
+    var expertsPerToken: Int?
+
     func load() throws -> Engine {
         guard let type = ElementType(rawValue: dtype) else {
             throw ValidationError("--dtype must be f32, f16 or bf16, got '\(dtype)'")
         }
         if let contextLength, contextLength < 1 { throw ValidationError("--ctx must be ≥ 1") }
-        return try Engine.load(path: model, options: LoadOptions(dtype: type, contextLength: contextLength))
+        return try Engine.load(path: model, options: LoadOptions(dtype: type, contextLength: contextLength,
+                                                                 expertsPerToken: expertsPerToken))
     }
 }
 

@@ -69,6 +69,35 @@ struct SmolLM2Tests {
         #expect(abs(result.perplexity / expected - 1) < 0.005, "d2moe \(result.perplexity) vs llama.cpp \(expected)")
     }
 
+    @Test func moefiedModelWithEveryExpertActiveEqualsTheDenseModel() throws {
+        let calib = TestPaths.dataDirectory.appendingPathComponent("calib/c4.utf8").path
+        try #require(TestPaths.exists(calib), "data/calib/c4.utf8 absent; run scripts/setup")
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("moe-\(UUID().uuidString).gguf").path
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var options = MoEfier.Options()
+        options.experts = 4
+        options.topK = 4
+        options.calibrationTokens = 1024
+        options.iterations = 5
+        let report = try MoEfier.moefy(source: TestPaths.smolLM2, calibrationText: try String(contentsOfFile: calib, encoding: .utf8),
+                                       output: out, options: options)
+        #expect(report.expertIntermediate == 384)
+        let moe = try ModelLoader.loadModel(path: out)
+        #expect(moe.info.expertCount == 4 && moe.info.moeLayerCount == 30)
+        let dense = try engine().model
+        let ids = try engine().tokenizer.encode("The tower is 324 metres tall, about the same height as an 81-storey building.",
+                                                addSpecial: true, parseSpecial: false)
+        let batch = ids.enumerated().map { BatchToken(sequence: 0, position: $0.offset, token: $0.element, wantsLogits: true) }
+        let a = try dense.forward(batch, caches: [dense.makeCache(capacity: 64)])
+        let b = try moe.forward(batch, caches: [moe.makeCache(capacity: 64)])
+        let worst = zip(a, b).map { relativeError($1, $0) }.max()!
+        #expect(worst < 1e-4, "MoE vs dense logits: relative error \(worst)")
+        // With fewer experts than exist, the output must actually change.
+        let sparse = try ModelLoader.loadModel(path: out, options: LoadOptions(expertsPerToken: 2))
+        let c = try sparse.forward(batch, caches: [sparse.makeCache(capacity: 64)])
+        #expect(zip(a, c).map { relativeError($1, $0) }.max()! > 1e-2)
+    }
+
     @Test func promptLongerThanTheContextIsRejected() throws {
         let long = String(repeating: "word ", count: 600)
         #expect(throws: GenerationError.self) { _ = try engine().generate(prompt: long) }

@@ -10,10 +10,7 @@ enum Mixtral: GGUFArchitecture {
     static func build(_ config: ConfigReader, _ w: WeightSource, options: LoadOptions) throws -> TransformerModel {
         let cfg = try CommonConfig(config)
         let nExperts = try config.int("num_local_experts")
-        let topK = try config.int("num_experts_per_tok")
-        guard topK >= 1, topK <= nExperts else {
-            throw ModelError("\(config.origin): num_experts_per_tok \(topK) must be in 1...\(nExperts)")
-        }
+        let topK = try StandardBlocks.expertsPerToken(config, experts: nExperts, options: options)
         let unitWeights = config.bool("d2moe_unit_expert_weights", default: false)
         let window = config.optionalInt("sliding_window")
         var experts: [[FeedForward]] = []

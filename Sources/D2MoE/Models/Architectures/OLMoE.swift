@@ -8,10 +8,7 @@ enum OLMoE: Architecture {
     static func build(_ config: ConfigReader, _ w: WeightSource, options: LoadOptions) throws -> TransformerModel {
         let cfg = try CommonConfig(config)
         let nExperts = try config.int("num_experts")
-        let topK = try config.int("num_experts_per_tok")
-        guard topK >= 1, topK <= nExperts else {
-            throw ModelError("\(config.origin): num_experts_per_tok \(topK) must be in 1...\(nExperts)")
-        }
+        let topK = try StandardBlocks.expertsPerToken(config, experts: nExperts, options: options)
         let normalize = config.bool("norm_topk_prob", default: false)
         let clip = config.optionalDouble("clip_qkv").map { Float($0) }
         var experts: [[FeedForward]] = []

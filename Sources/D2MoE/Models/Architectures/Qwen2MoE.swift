@@ -13,17 +13,14 @@ enum Qwen2MoE: Architecture {
         let sparseStep: Int
         let denseLayers: Set<Int>
 
-        init(_ c: ConfigReader, normalizeDefault: Bool) throws {
+        init(_ c: ConfigReader, normalizeDefault: Bool, options: LoadOptions) throws {
             // transformers v5 writes Qwen3-MoE's expert count as num_local_experts.
             nExperts = try c.optionalInt("num_local_experts") ?? c.int("num_experts")
-            topK = try c.int("num_experts_per_tok")
+            topK = try StandardBlocks.expertsPerToken(c, experts: nExperts, options: options)
             expertIntermediate = try c.int("moe_intermediate_size")
             normalizeTopK = c.bool("norm_topk_prob", default: normalizeDefault)
             sparseStep = max(1, c.optionalInt("decoder_sparse_step") ?? 1)
             denseLayers = Set(c.intArray("mlp_only_layers") ?? [])
-            guard topK >= 1, topK <= nExperts else {
-                throw ModelError("\(c.origin): num_experts_per_tok \(topK) must be in 1...\(nExperts)")
-            }
         }
 
         /// transformers' rule for which layers are sparse.
@@ -38,7 +35,7 @@ enum Qwen2MoE: Architecture {
         var values = config.values
         values["attention_bias"] = true
         let cfg = try CommonConfig(ConfigReader(values, origin: config.origin))
-        let moe = try MoEConfig(config, normalizeDefault: false)
+        let moe = try MoEConfig(config, normalizeDefault: false, options: options)
         let sharedIntermediate = try config.int("shared_expert_intermediate_size")
         return try assemble(cfg, moe, w, options: options, modelType: "qwen2_moe", qkNorm: { _ in .none }) { p in
             (try FeedForward(w, "\(p).shared_expert", hidden: cfg.hidden, intermediate: sharedIntermediate,

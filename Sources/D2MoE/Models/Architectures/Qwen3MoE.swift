@@ -7,7 +7,7 @@ enum Qwen3MoE: Architecture {
     // MARK: Attention, MoE block, block, model
     static func build(_ config: ConfigReader, _ w: WeightSource, options: LoadOptions) throws -> TransformerModel {
         let cfg = try CommonConfig(config)
-        let moe = try Qwen2MoE.MoEConfig(config, normalizeDefault: true)
+        let moe = try Qwen2MoE.MoEConfig(config, normalizeDefault: true, options: options)
         return try Qwen2MoE.assemble(cfg, moe, w, options: options, modelType: "qwen3_moe", qkNorm: { i in
             let p = "model.layers.\(i).self_attn"
             return .perHead(q: try StandardBlocks.norm(w, "\(p).q_norm.weight", cfg, count: cfg.headDim),

@@ -83,6 +83,13 @@ enum StandardBlocks {
         return (embeddings, DenseMatrix.make(rows: cfg.vocab, cols: cfg.hidden, values: values, dtype: options.dtype))
     }
 
+    /// Experts per token: the config's `num_experts_per_tok` unless the options override it.
+    static func expertsPerToken(_ c: ConfigReader, experts: Int, options: LoadOptions) throws -> Int {
+        let k = try options.expertsPerToken ?? c.int("num_experts_per_tok")
+        guard k >= 1, k <= experts else { throw ModelError("\(c.origin): experts per token \(k) must be in 1...\(experts)") }
+        return k
+    }
+
     /// Routed experts of one MoE layer: per-expert tensors (`<prefix>.<e>.<name>.weight`) or
     /// transformers v5's fused `<prefix>.gate_up_proj` [E, 2·ff, hidden] and `down_proj` [E, hidden, ff].
     static func experts(_ w: WeightSource, prefix: String, count: Int, hidden: Int, intermediate: Int,

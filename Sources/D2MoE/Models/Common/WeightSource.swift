@@ -24,10 +24,13 @@ public struct LoadOptions: Sendable {
     public var dtype: ElementType
     /// Context length the model is run at; nil keeps the model's own (capped at 4096).
     public var contextLength: Int?
+    /// Experts chosen per token in MoE layers; nil keeps the model's own.
+    public var expertsPerToken: Int?
 
-    public init(dtype: ElementType = .f32, contextLength: Int? = nil) {
+    public init(dtype: ElementType = .f32, contextLength: Int? = nil, expertsPerToken: Int? = nil) {
         self.dtype = dtype
         self.contextLength = contextLength
+        self.expertsPerToken = expertsPerToken
     }
 }
 
