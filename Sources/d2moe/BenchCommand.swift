@@ -31,8 +31,10 @@ struct Bench: AsyncParsableCommand {
                 print(String(format: "model %@ | weights %@ | threads %d", modelOptions.model, formatBytes(result.weightBytes), result.threads))
                 print(String(format: "pp%d: %.1f ± %.1f tokens/s", promptTokens, result.promptTokensPerSecond, result.promptStdDev))
                 print(String(format: "tg%d: %.1f ± %.1f tokens/s", generateTokens, result.generationTokensPerSecond, result.generationStdDev))
-                print(String(format: "generation reads %.1f MB of weights per token: %.1f GB/s; peak RSS %@",
-                             Double(result.weightBytesPerToken) / 1e6, result.generationGBPerSecond, formatBytes(result.peakResidentBytes)))
+                print(String(format: "generation reads %.1f MB of weights per token: %.1f GB/s = %.0f%% of the measured read bandwidth (%.1f GB/s)",
+                             Double(result.weightBytesPerToken) / 1e6, result.generationGBPerSecond,
+                             100 * result.bandwidthFraction, result.readBandwidth / 1e9))
+                print("peak resident memory \(formatBytes(result.peakResidentBytes))")
             }
         } catch {
             fail(String(describing: error))

@@ -14,7 +14,13 @@ struct PerplexityCommand: AsyncParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     @Option(name: .long, help: "A UTF-8 text file (e.g. WikiText-2's wiki.test.raw).")
-    var data: String
+    var data: String?
+
+    @Option(name: .long, help: "Score these token ids (a JSON array, e.g. from llama-tokenize --ids) instead of tokenizing --data.")
+    var tokenIDs: String?
+
+    @Option(name: .long, help: "With --token-ids: the BOS id that starts every window (omit for models without BOS).")
+    var bos: Int32?
 
     @Option(name: .long, help: "Stop after this many windows.")
     var maxChunks: Int?
@@ -24,15 +30,27 @@ struct PerplexityCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            guard let text = try? String(contentsOfFile: data, encoding: .utf8) else {
-                fail("cannot read '\(data)' as UTF-8 text")
-            }
             let context = modelOptions.contextLength ?? 512
             var options = modelOptions
             options.contextLength = context
-            let engine = try options.load()
-            let result = try Perplexity.evaluate(engine: engine, text: text, context: context, maxChunks: maxChunks) { done, total, ppl in
+            let progress: (Int, Int, Double) -> Void = { done, total, ppl in
                 if !json { FileHandle.standardError.write(Data(String(format: "[%d/%d] %.4f\n", done, total, ppl).utf8)) }
+            }
+            let result: PerplexityResult
+            if let tokenIDs {
+                guard let data = FileManager.default.contents(atPath: tokenIDs),
+                      let ids = (try? JSONSerialization.jsonObject(with: data)) as? [Int] else {
+                    fail("cannot read '\(tokenIDs)' as a JSON array of token ids")
+                }
+                let model = try ModelLoader.loadModel(path: modelOptions.model, options: LoadOptions(expertsPerToken: modelOptions.expertsPerToken))
+                result = try Perplexity.evaluate(model: model, tokens: ids.map { Int32($0) }, bos: bos, context: context,
+                                                 maxChunks: maxChunks, progress: progress)
+            } else {
+                guard let data, let text = try? String(contentsOfFile: data, encoding: .utf8) else {
+                    fail("give --data FILE (UTF-8 text) or --token-ids FILE")
+                }
+                let engine = try options.load()
+                result = try Perplexity.evaluate(engine: engine, text: text, context: context, maxChunks: maxChunks, progress: progress)
             }
             if json {
                 printJSON(PerplexityReport(perplexity: result.perplexity, tokens: result.tokens, chunks: result.chunks,

@@ -98,6 +98,21 @@ struct SmolLM2Tests {
         #expect(zip(a, c).map { relativeError($1, $0) }.max()! > 1e-2)
     }
 
+    @Test func wikiTextTokenizesExactlyAsLlamaCpp() throws {
+        try #require(TestPaths.exists(TestPaths.wikitext), "data/wikitext-2-raw/wiki.test.raw absent; run scripts/setup")
+        let reference = try TestPaths.json(TestPaths.fixtures.appendingPathComponent("smollm2-wikitext-ids.json"))
+        let text = try String(contentsOfFile: TestPaths.wikitext, encoding: .utf8)
+        let ids = try engine().tokenizer.encode(text, addSpecial: true, parseSpecial: false)
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for id in ids {
+            withUnsafeBytes(of: id.littleEndian) { for b in $0 { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 } }
+        }
+        #expect(Array(ids.prefix(1000)) == (reference["first"] as! [Int]).map(Int32.init))
+        #expect(ids.count == reference["count"] as! Int)
+        #expect(String(hash, radix: 16).leftPadded(16) == reference["fnv1a64_int32le"] as! String)
+        #expect(try engine().tokenizer.decode(ids) == text)
+    }
+
     @Test func promptLongerThanTheContextIsRejected() throws {
         let long = String(repeating: "word ", count: 600)
         #expect(throws: GenerationError.self) { _ = try engine().generate(prompt: long) }
@@ -140,4 +155,8 @@ struct SmolLM2Tests {
         #expect(r.status != 0)
         #expect(r.stderr.contains("longer than the context"))
     }
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
 }

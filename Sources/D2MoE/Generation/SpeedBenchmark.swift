@@ -16,6 +16,10 @@ public enum SpeedBenchmark {
         /// Bytes of weights one decode step reads (every dense matrix once).
         public var weightBytesPerToken: Int
         public var generationGBPerSecond: Double
+        /// Memory read bandwidth measured in the same run (bytes/s, all threads).
+        public var readBandwidth: Double
+        /// Generation speed as a fraction of the bandwidth limit (bytes per token ÷ bandwidth).
+        public var bandwidthFraction: Double
         public var peakResidentBytes: Int
     }
 
@@ -65,10 +69,13 @@ public enum SpeedBenchmark {
         }
         let (ppMean, ppStd) = meanStd(pp), (tgMean, tgStd) = meanStd(tg)
         let perToken = model.decodeBytesPerToken
+        let bandwidth = MemoryBandwidth.measureRead(pool: model.pool)
         return Result(promptTokens: promptTokens, generateTokens: generateTokens, promptTokensPerSecond: ppMean,
                       promptStdDev: ppStd, generationTokensPerSecond: tgMean, generationStdDev: tgStd,
                       threads: model.pool.threadCount, weightBytes: model.weightBytes, weightBytesPerToken: perToken,
-                      generationGBPerSecond: Double(perToken) * tgMean / 1e9, peakResidentBytes: ProcessMemory.peakResidentBytes)
+                      generationGBPerSecond: Double(perToken) * tgMean / 1e9, readBandwidth: bandwidth,
+                      bandwidthFraction: Double(perToken) * tgMean / bandwidth,
+                      peakResidentBytes: ProcessMemory.peakResidentBytes)
     }
 }
 
