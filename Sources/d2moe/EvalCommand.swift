@@ -16,7 +16,7 @@ struct PerplexityCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A UTF-8 text file (e.g. WikiText-2's wiki.test.raw).")
     var data: String?
 
-    @Option(name: .long, help: "Score these token ids (a JSON array, e.g. from llama-tokenize --ids) instead of tokenizing --data.")
+    @Option(name: .customLong("token-ids"), help: "Score these token ids (a JSON array, e.g. from llama-tokenize --ids) instead of tokenizing --data.")
     var tokenIDs: String?
 
     @Option(name: .long, help: "With --token-ids: the BOS id that starts every window (omit for models without BOS).")

@@ -160,3 +160,25 @@ struct SmolLM2Tests {
 extension String {
     func leftPadded(_ n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
 }
+
+/// The real Gemma-3-270M file (Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0) against llama.cpp's perplexity
+/// tool on the same weights, at a context of 1024 so that its 512-token sliding windows mask.
+/// Token ids come from llama-tokenize (the SentencePiece tokenizer is the next issue's).
+@Suite(.enabled(if: TestPaths.exists(TestPaths.gemma3), "SKIP: models/gemma-3-270m-q4_k_m.gguf absent; run scripts/setup"))
+struct Gemma3Tests {
+    @Test func perplexityMatchesLlamaCppWindowByWindow() throws {
+        let reference = try TestPaths.json(TestPaths.fixtures.appendingPathComponent("gemma3-llamacpp-reference.json"))
+        let ids = (reference["ids"] as! [Int]).map(Int32.init)
+        let expected = (reference["running_perplexity"] as! [Any]).map { ($0 as! NSNumber).doubleValue }
+        let model = try ModelLoader.loadModel(path: TestPaths.gemma3)
+        #expect(model.info.modelType == "gemma3_text")
+        let result = try Perplexity.evaluate(model: model, tokens: ids, bos: Int32(reference["bos"] as! Int),
+                                             context: reference["context"] as! Int)
+        print("Gemma 3 perplexity by window: d2moe \(result.runningPerplexity), llama.cpp \(expected.prefix(result.chunks))")
+        #expect(result.chunks == 3)
+        for (mine, theirs) in zip(result.runningPerplexity, expected) {
+            // llama.cpp prints four decimals.
+            #expect(abs(mine / theirs - 1) < 5e-4, "d2moe \(mine) vs llama.cpp \(theirs)")
+        }
+    }
+}
