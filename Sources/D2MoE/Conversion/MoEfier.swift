@@ -24,8 +24,8 @@ public enum MoEfier {
         public var topK: Int
         public var expertIntermediate: Int
         public var calibrationTokens: Int
-        /// Per layer: share of the experts' output-contribution norm² that the router's top-k
-        /// experts hold on the calibration tokens (1 = the router picks the experts that matter).
+        /// Per layer: share of the activation norm² that the router's top-k experts hold on the
+        /// calibration tokens (1 = the router picks the experts that matter).
         public var routerCoverage: [Double]
         public var seconds: Double
     }
@@ -89,6 +89,17 @@ public enum MoEfier {
             let acts = recorder.activations[l], inputs = recorder.inputs[l]
             let clusters = NeuronClustering.cluster(activations: acts, tokens: n, neurons: ff, experts: e,
                                                     iterations: options.iterations, seed: options.seed &+ UInt64(l))
+            var targets = [Float](repeating: 0, count: n * e)
+            for t in 0..<n {
+                for (c, members) in clusters.enumerated() {
+                    var ss: Float = 0
+                    for j in members { ss += acts[t * ff + j] * acts[t * ff + j] }
+                    targets[t * e + c] = ss.squareRoot()
+                }
+            }
+            let router = RouterFitting.fit(inputs: inputs, targets: targets, tokens: n, hidden: hidden, experts: e)
+            coverage.append(routerCoverage(router: router, inputs: inputs, targets: targets, tokens: n, hidden: hidden,
+                                           experts: e, topK: options.topK))
             var gate = [Float](), up = [Float](), down = [Float]()
             gate.reserveCapacity(ff * hidden); up.reserveCapacity(ff * hidden); down.reserveCapacity(ff * hidden)
             for members in clusters {
@@ -97,24 +108,6 @@ public enum MoEfier {
                 }
                 for r in 0..<hidden { for j in members { down.append(ffn.down.weight.element(r, j)) } }
             }
-            // The router learns how much each expert adds to the layer's output, ‖W_down,e · a_e‖:
-            // what the sum loses when that expert is left out.
-            var targets = [Float](repeating: 0, count: n * e)
-            var gathered = [Float](repeating: 0, count: n * per)
-            var contribution = [Float](repeating: 0, count: n * hidden)
-            for (c, members) in clusters.enumerated() {
-                for t in 0..<n { for (i, j) in members.enumerated() { gathered[t * per + i] = acts[t * ff + j] } }
-                let w = DenseMatrix(rows: hidden, cols: per, values: Array(down[(c * hidden * per)..<((c + 1) * hidden * per)]))
-                Kernels.matmul(w, gathered, tokens: n, &contribution)
-                for t in 0..<n {
-                    targets[t * e + c] = contribution.withUnsafeBufferPointer { p in
-                        Kernels.dot(p.baseAddress! + t * hidden, p.baseAddress! + t * hidden, n: hidden).squareRoot()
-                    }
-                }
-            }
-            let router = RouterFitting.fit(inputs: inputs, targets: targets, tokens: n, hidden: hidden, experts: e)
-            coverage.append(routerCoverage(router: router, inputs: inputs, targets: targets, tokens: n, hidden: hidden,
-                                           experts: e, topK: options.topK))
             // GGUF dimensions list the contiguous one first: [in, out, experts].
             writer.addTensor(name: "blk.\(l).ffn_gate_inp.weight", dimensions: [hidden, e], values: router)
             writer.addTensor(name: "blk.\(l).ffn_gate_exps.weight", dimensions: [hidden, per, e], values: gate)
@@ -127,7 +120,7 @@ public enum MoEfier {
                       calibrationTokens: n, routerCoverage: coverage, seconds: seconds(since: start))
     }
 
-    /// Mean over tokens of the contribution energy in the router's top-k experts ÷ the total.
+    /// Mean over tokens of the activation energy in the router's top-k experts ÷ the total.
     static func routerCoverage(router: [Float], inputs: [Float], targets: [Float], tokens: Int, hidden: Int,
                                experts: Int, topK: Int) -> Double {
         var total = 0.0

@@ -57,31 +57,22 @@ package final class GGUFWeights: WeightSource {
     /// llama.cpp's converter stores row h·d + 2i + s at h·d + s·d/2 + i (interleaved rope pairs);
     /// this restores the Hugging Face (rotate-half) order.
     package static func unpermute(_ w: [Float], heads: Int, cols: Int) -> [Float] {
-        let rows = w.count / cols
-        let headDim = rows / heads, half = headDim / 2
-        var out = w
-        for h in 0..<heads {
-            for i in 0..<half {
-                for s in 0..<2 {
-                    let src = (h * headDim + 2 * i + s) * cols
-                    let dst = (h * headDim + s * half + i) * cols
-                    out[dst..<(dst + cols)] = w[src..<(src + cols)]
-                }
-            }
-        }
-        return out
+        reorderRopeRows(w, heads: heads, cols: cols, toInterleaved: false)
     }
 
     /// The inverse of `unpermute`, for writing llama-style GGUF files.
     package static func permute(_ w: [Float], heads: Int, cols: Int) -> [Float] {
-        let rows = w.count / cols
-        let headDim = rows / heads, half = headDim / 2
+        reorderRopeRows(w, heads: heads, cols: cols, toInterleaved: true)
+    }
+
+    private static func reorderRopeRows(_ w: [Float], heads: Int, cols: Int, toInterleaved: Bool) -> [Float] {
+        let headDim = w.count / cols / heads, half = headDim / 2
         var out = w
         for h in 0..<heads {
             for i in 0..<half {
                 for s in 0..<2 {
-                    let dst = (h * headDim + 2 * i + s) * cols
-                    let src = (h * headDim + s * half + i) * cols
+                    let interleaved = (h * headDim + 2 * i + s) * cols, halves = (h * headDim + s * half + i) * cols
+                    let (src, dst) = toInterleaved ? (halves, interleaved) : (interleaved, halves)
                     out[dst..<(dst + cols)] = w[src..<(src + cols)]
                 }
             }

@@ -65,15 +65,7 @@ public enum ModelLoader {
     }
 }
 
-extension Engine {
-    /// Loads a model and its tokenizer. GGUF files carry their tokenizer; folders need one too.
-    public static func load(path: String, options: LoadOptions = .init()) throws -> Engine {
-        let opened = try ModelLoader.open(path: path, options: options)
-        guard let gguf = opened.gguf else {
-            throw ModelError("\(path): this folder has no tokenizer the engine can read yet (GGUF files carry theirs)")
-        }
-        let tokenizer = try GGUFMetadata.tokenizer(gguf)
-        let context = options.contextLength ?? min(opened.model.info.contextLength, 4096)
-        return Engine(model: opened.model, tokenizer: tokenizer, contextLength: context, source: path)
-    }
+extension ModelLoader {
+    /// The tokenizer a GGUF file describes.
+    static func tokenizer(_ file: GGUFFile) throws -> any Tokenizer { try GGUFMetadata.tokenizer(file) }
 }

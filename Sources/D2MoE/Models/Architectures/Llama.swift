@@ -10,15 +10,9 @@ enum Llama: GGUFArchitecture {
         // Mistral's sliding window (null in most released configs).
         let window = config.optionalInt("sliding_window")
         let layers = try (0..<cfg.layers).map { i in
-            let p = "model.layers.\(i)"
-            return DecoderLayer(
-                inputNorm: try StandardBlocks.norm(w, "\(p).input_layernorm.weight", cfg),
-                attention: try StandardBlocks.attention(w, layer: i, cfg, options: options, slidingWindow: window),
-                postAttentionNorm: nil,
-                preFFNNorm: try StandardBlocks.norm(w, "\(p).post_attention_layernorm.weight", cfg),
-                postFFNNorm: nil,
-                ffn: .dense(try FeedForward(w, "\(p).mlp", hidden: cfg.hidden, intermediate: cfg.intermediate,
-                                            activation: cfg.activation, options: options)))
+            let mlp = try FeedForward(w, "model.layers.\(i).mlp", hidden: cfg.hidden, intermediate: cfg.intermediate,
+                                      activation: cfg.activation, options: options)
+            return try StandardBlocks.layer(w, i, cfg, options: options, ffn: .dense(mlp), slidingWindow: window)
         }
         let (embeddings, head) = try StandardBlocks.embeddingsAndHead(w, cfg, options: options)
         return TransformerModel(info: cfg.info(modelType: config.values["model_type"] as? String ?? "llama"),

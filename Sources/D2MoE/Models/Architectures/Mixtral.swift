@@ -24,13 +24,7 @@ enum Mixtral: GGUFArchitecture {
             let block = SparseMoE(router: try Linear(w, "\(moe).gate", out: nExperts, in: cfg.hidden, options: options),
                                   nExperts: nExperts, topK: topK, normalizeTopK: true, unitWeights: unitWeights,
                                   sharedExpert: nil, sharedGate: nil, moeLayer: i)
-            return DecoderLayer(
-                inputNorm: try StandardBlocks.norm(w, "\(p).input_layernorm.weight", cfg),
-                attention: try StandardBlocks.attention(w, layer: i, cfg, options: options, slidingWindow: window),
-                postAttentionNorm: nil,
-                preFFNNorm: try StandardBlocks.norm(w, "\(p).post_attention_layernorm.weight", cfg),
-                postFFNNorm: nil,
-                ffn: .sparse(block))
+            return try StandardBlocks.layer(w, i, cfg, options: options, ffn: .sparse(block), slidingWindow: window)
         }
         let (embeddings, head) = try StandardBlocks.embeddingsAndHead(w, cfg, options: options)
         return TransformerModel(info: cfg.info(modelType: "mixtral", experts: nExperts, topK: topK, moeLayers: cfg.layers),

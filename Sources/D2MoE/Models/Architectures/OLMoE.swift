@@ -24,12 +24,7 @@ enum OLMoE: Architecture {
             let moe = SparseMoE(router: try Linear(w, "\(p).mlp.gate", out: nExperts, in: cfg.hidden, options: options),
                                 nExperts: nExperts, topK: topK, normalizeTopK: normalize, unitWeights: false,
                                 sharedExpert: nil, sharedGate: nil, moeLayer: i)
-            return DecoderLayer(
-                inputNorm: try StandardBlocks.norm(w, "\(p).input_layernorm.weight", cfg),
-                attention: try StandardBlocks.attention(w, layer: i, cfg, options: options, qkNorm: qkNorm, clip: clip),
-                postAttentionNorm: nil,
-                preFFNNorm: try StandardBlocks.norm(w, "\(p).post_attention_layernorm.weight", cfg),
-                postFFNNorm: nil, ffn: .sparse(moe))
+            return try StandardBlocks.layer(w, i, cfg, options: options, ffn: .sparse(moe), qkNorm: qkNorm, clip: clip)
         }
         let (embeddings, head) = try StandardBlocks.embeddingsAndHead(w, cfg, options: options)
         return TransformerModel(info: cfg.info(modelType: "olmoe", experts: nExperts, topK: topK, moeLayers: cfg.layers),

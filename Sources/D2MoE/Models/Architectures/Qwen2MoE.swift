@@ -64,12 +64,7 @@ enum Qwen2MoE: Architecture {
                 ffn = .dense(try FeedForward(w, "\(p).mlp", hidden: cfg.hidden, intermediate: cfg.intermediate,
                                              activation: cfg.activation, options: options))
             }
-            return DecoderLayer(
-                inputNorm: try StandardBlocks.norm(w, "\(p).input_layernorm.weight", cfg),
-                attention: try StandardBlocks.attention(w, layer: i, cfg, options: options, qkNorm: try qkNorm(i)),
-                postAttentionNorm: nil,
-                preFFNNorm: try StandardBlocks.norm(w, "\(p).post_attention_layernorm.weight", cfg),
-                postFFNNorm: nil, ffn: ffn)
+            return try StandardBlocks.layer(w, i, cfg, options: options, ffn: ffn, qkNorm: try qkNorm(i))
         }
         let (embeddings, head) = try StandardBlocks.embeddingsAndHead(w, cfg, options: options)
         return TransformerModel(info: cfg.info(modelType: modelType, experts: moe.nExperts, topK: moe.topK, moeLayers: experts.count),

@@ -66,6 +66,19 @@ enum StandardBlocks {
             scale: scale ?? 1 / Float(cfg.headDim).squareRoot(), slidingWindow: slidingWindow, clip: clip, softcap: softcap)
     }
 
+    /// The pre-norm block most architectures share: input norm, attention, post-attention norm
+    /// before the feed-forward block, no extra norms.
+    static func layer(_ w: WeightSource, _ i: Int, _ cfg: CommonConfig, options: LoadOptions, ffn: DecoderLayer.FFN,
+                      qkNorm: Attention.QKNorm = .none, slidingWindow: Int? = nil, clip: Float? = nil) throws -> DecoderLayer {
+        let p = "model.layers.\(i)"
+        return DecoderLayer(
+            inputNorm: try norm(w, "\(p).input_layernorm.weight", cfg),
+            attention: try attention(w, layer: i, cfg, options: options, qkNorm: qkNorm, slidingWindow: slidingWindow, clip: clip),
+            postAttentionNorm: nil,
+            preFFNNorm: try norm(w, "\(p).post_attention_layernorm.weight", cfg),
+            postFFNNorm: nil, ffn: ffn)
+    }
+
     static func norm(_ w: WeightSource, _ name: String, _ cfg: CommonConfig, count: Int? = nil, offset: Float = 0) throws -> RMSNorm {
         try RMSNorm(w, name, count: count ?? cfg.hidden, eps: cfg.eps, weightOffset: offset)
     }

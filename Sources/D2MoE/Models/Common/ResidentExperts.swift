@@ -1,7 +1,7 @@
 import D2MoEKernels
 
-/// Every routed expert held in memory as dense matrices: the reference backend the budgeted
-/// pool is checked against.
+/// Every routed expert held in memory as dense matrices, as the model file loads them: the
+/// default backend, and the reference the budgeted expert pool (layer 4) is checked against.
 public final class ResidentExperts: ExpertBackend, @unchecked Sendable {
     /// [moeLayer][expert]
     let experts: [[FeedForward]]
