@@ -32,7 +32,7 @@ let package = Package(
                     resources: [.copy("Golden")]),
         .testTarget(name: "D2MoETokenizersTests", dependencies: ["D2MoETokenizers"],
                     resources: [.copy("Golden")]),
-        .testTarget(name: "D2MoETests", dependencies: ["D2MoE"],
+        .testTarget(name: "D2MoETests", dependencies: ["D2MoE", "D2MoEFormats"],
                     resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v6]
