@@ -12,13 +12,14 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
     public let addsEOS: Bool
 
     private let tokens: [String]
+    // String keys are safe here: byte-mapped token text uses only U+0021…U+0143, which holds no
+    // combining marks, so no two tokens are canonically equivalent.
     private let types: [TokenType]
     private let ids: [String: Int32]
     /// (left id, right id) → (rank, merged id).
     private let merges: [UInt64: (rank: Int32, id: Int32)]
     private let preTokenizer: PreTokenizer
-    /// Special token strings, longest first, with whether they are control tokens.
-    private let specials: [(text: String, id: Int32, control: Bool)]
+    private let specials: SpecialTokenSplitter
     /// Id of the token for each byte's mapped character; −1 where the vocabulary has none (such
     /// bytes can only be reached through merges, and are dropped otherwise, as llama.cpp does).
     private let byteIDs: [Int32]
@@ -74,11 +75,7 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
             default: return t.unicodeScalars.compactMap { byteOfUnicode[$0] }
             }
         }
-        specials = tokens.enumerated()
-            .filter { types[$0.offset] == .control || types[$0.offset] == .userDefined }
-            .filter { !$0.element.isEmpty }
-            .map { (text: $0.element, id: Int32($0.offset), control: types[$0.offset] == .control) }
-            .sorted { $0.text.utf8.count > $1.text.utf8.count }
+        specials = SpecialTokenSplitter(tokens: tokens, types: types)
     }
 
     /// GPT-2's reversible map from bytes to printable characters.
@@ -113,45 +110,26 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
     public func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [Int32] {
         var out: [Int32] = []
         if addSpecial && addsBOS, let bosID { out.append(bosID) }
-        for fragment in partition(text, parseSpecial: parseSpecial) {
+        let bytes = Array(text.utf8)
+        for fragment in specials.split(bytes, parseSpecial: parseSpecial) {
             switch fragment {
-            case .special(let id): out.append(id)
-            case .text(let s): encodeText(s, into: &out)
+            case .token(let id): out.append(id)
+            case .text(let range): encodeText(String(decoding: bytes[range], as: UTF8.self), into: &out)
             }
         }
         if addSpecial && addsEOS, let eosID { out.append(eosID) }
         return out
     }
 
-    private enum Fragment { case text(Substring), special(Int32) }
-
-    /// Splits out special tokens, longest first, as llama.cpp's tokenizer_st_partition does.
-    private func partition(_ text: String, parseSpecial: Bool) -> [Fragment] {
-        var fragments: [Fragment] = [.text(Substring(text))]
-        for special in specials where parseSpecial || !special.control {
-            var next: [Fragment] = []
-            for fragment in fragments {
-                guard case .text(var rest) = fragment, rest.contains(special.text) else { next.append(fragment); continue }
-                while let r = rest.range(of: special.text) {
-                    if r.lowerBound > rest.startIndex { next.append(.text(rest[..<r.lowerBound])) }
-                    next.append(.special(special.id))
-                    rest = rest[r.upperBound...]
-                }
-                if !rest.isEmpty { next.append(.text(rest)) }
-            }
-            fragments = next
-        }
-        return fragments
-    }
-
-    private func encodeText(_ text: Substring, into out: inout [Int32]) {
+    private func encodeText(_ text: String, into out: inout [Int32]) {
         let scalars = Array(text.unicodeScalars)
         for range in preTokenizer.split(scalars) {
             var word = String.UnicodeScalarView()
             word.append(contentsOf: scalars[range])
-            let key = String(word)
+            // Cached by bytes: canonically equivalent spellings must not share an entry.
+            let key = Array(String(word).utf8)
             if let cached = cache.get(key) { out += cached; continue }
-            let encoded = bpe(Array(key.utf8))
+            let encoded = bpe(key)
             cache.set(key, encoded)
             out += encoded
         }
@@ -176,13 +154,13 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
 
 /// A bounded memo of encoded words; the same words recur constantly in real text.
 final class WordCache: @unchecked Sendable {
-    private var table: [String: [Int32]] = [:]
+    private var table: [[UInt8]: [Int32]] = [:]
     private let lock = NSLock()
     private let limit = 200_000
 
-    func get(_ key: String) -> [Int32]? { lock.withLock { table[key] } }
+    func get(_ key: [UInt8]) -> [Int32]? { lock.withLock { table[key] } }
 
-    func set(_ key: String, _ value: [Int32]) {
+    func set(_ key: [UInt8], _ value: [Int32]) {
         lock.withLock {
             if table.count >= limit { table.removeAll(keepingCapacity: true) }
             table[key] = value

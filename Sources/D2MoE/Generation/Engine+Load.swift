@@ -12,3 +12,10 @@ extension Engine {
         return Engine(model: opened.model, tokenizer: tokenizer, contextLength: context, source: path)
     }
 }
+
+extension Engine {
+    /// The tokenizer of a GGUF file alone, without loading its weights.
+    public static func loadTokenizer(path: String) throws -> any Tokenizer {
+        try ModelLoader.tokenizer(path: path)
+    }
+}

@@ -58,8 +58,16 @@ enum GGUFMetadata {
                     bosID: id("bos_token_id"), eosID: id("eos_token_id"), eotIDs: eot,
                     addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? false,
                     addEOS: m["tokenizer.ggml.add_eos_token"]?.bool ?? false)
+            case "llama":
+                guard let scores = m["tokenizer.ggml.scores"]?.floatArray else { throw fail("no tokenizer.ggml.scores in metadata") }
+                return try SentencePieceTokenizer(
+                    tokens: tokens, scores: scores.map { Float($0) }, tokenTypes: types,
+                    bosID: id("bos_token_id"), eosID: id("eos_token_id"), eotIDs: eot,
+                    addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? true,
+                    addEOS: m["tokenizer.ggml.add_eos_token"]?.bool ?? false,
+                    addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? true)
             default:
-                throw fail("tokenizer model '\(model)' is not supported yet (gpt2 byte-level BPE is)")
+                throw fail("tokenizer model '\(model)' is not supported yet (gpt2 and llama are)")
             }
         } catch let error as TokenizerError {
             throw fail("tokenizer: \(error.description)")
