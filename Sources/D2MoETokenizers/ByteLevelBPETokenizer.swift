@@ -29,19 +29,10 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
 
     public init(tokens: [String], merges mergeList: [String], tokenTypes: [Int32]?, preTokenizer pre: String,
                 bosID: Int32?, eosID: Int32?, eotIDs: [Int32] = [], addBOS: Bool, addEOS: Bool) throws {
-        guard !tokens.isEmpty else { throw TokenizerError("the vocabulary is empty") }
+        types = try validatedTokenTypes(tokens: tokens, tokenTypes: tokenTypes, bosID: bosID, eosID: eosID)
         guard !mergeList.isEmpty else { throw TokenizerError("a byte-level BPE tokenizer needs merges; none were given") }
-        if let tokenTypes, tokenTypes.count != tokens.count {
-            throw TokenizerError("\(tokenTypes.count) token types for \(tokens.count) tokens")
-        }
-        for (name, id) in [("BOS", bosID), ("EOS", eosID)] {
-            if let id, id < 0 || Int(id) >= tokens.count {
-                throw TokenizerError("\(name) id \(id) is outside the vocabulary (0..<\(tokens.count))")
-            }
-        }
         vocabularySize = tokens.count
         self.tokens = tokens
-        types = (tokenTypes ?? Array(repeating: 1, count: tokens.count)).map { TokenType(rawValue: $0) ?? .normal }
         var ids: [String: Int32] = [:]
         ids.reserveCapacity(tokens.count)
         for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }

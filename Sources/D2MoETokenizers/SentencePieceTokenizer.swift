@@ -23,19 +23,10 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
 
     public init(tokens: [String], scores: [Float], tokenTypes: [Int32]?, bosID: Int32?, eosID: Int32?, eotIDs: [Int32] = [],
                 addBOS: Bool, addEOS: Bool, addSpacePrefix: Bool) throws {
-        guard !tokens.isEmpty else { throw TokenizerError("the vocabulary is empty") }
+        let types = try validatedTokenTypes(tokens: tokens, tokenTypes: tokenTypes, bosID: bosID, eosID: eosID)
         guard scores.count == tokens.count else { throw TokenizerError("\(scores.count) scores for \(tokens.count) tokens") }
-        if let tokenTypes, tokenTypes.count != tokens.count {
-            throw TokenizerError("\(tokenTypes.count) token types for \(tokens.count) tokens")
-        }
-        for (name, id) in [("BOS", bosID), ("EOS", eosID)] {
-            if let id, id < 0 || Int(id) >= tokens.count {
-                throw TokenizerError("\(name) id \(id) is outside the vocabulary (0..<\(tokens.count))")
-            }
-        }
         vocabularySize = tokens.count
         self.scores = scores
-        let types = (tokenTypes ?? Array(repeating: 1, count: tokens.count)).map { TokenType(rawValue: $0) ?? .normal }
         self.types = types
         var ids: [[UInt8]: Int32] = [:]
         ids.reserveCapacity(tokens.count)

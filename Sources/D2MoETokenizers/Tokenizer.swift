@@ -23,6 +23,20 @@ public struct TokenizerError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 }
 
+/// Checks what every vocabulary must satisfy and returns the token types (normal by default).
+func validatedTokenTypes(tokens: [String], tokenTypes: [Int32]?, bosID: Int32?, eosID: Int32?) throws -> [TokenType] {
+    guard !tokens.isEmpty else { throw TokenizerError("the vocabulary is empty") }
+    if let tokenTypes, tokenTypes.count != tokens.count {
+        throw TokenizerError("\(tokenTypes.count) token types for \(tokens.count) tokens")
+    }
+    for (name, id) in [("BOS", bosID), ("EOS", eosID)] {
+        if let id, id < 0 || Int(id) >= tokens.count {
+            throw TokenizerError("\(name) id \(id) is outside the vocabulary (0..<\(tokens.count))")
+        }
+    }
+    return (tokenTypes ?? Array(repeating: 1, count: tokens.count)).map { TokenType(rawValue: $0) ?? .normal }
+}
+
 /// Token kinds as GGUF's `tokenizer.ggml.token_type` numbers them.
 public enum TokenType: Int32, Sendable {
     case normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6

@@ -84,15 +84,8 @@ import D2MoE
     }
 
     @Test func missingConfigFieldIsNamed() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("d2moe-badconfig-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestPaths.editedFixture("llama") { $0.removeValue(forKey: "hidden_size") }
         defer { try? FileManager.default.removeItem(at: dir) }
-        let source = TestPaths.fixtures.appendingPathComponent("llama")
-        try FileManager.default.copyItem(at: source.appendingPathComponent("model.safetensors"),
-                                         to: dir.appendingPathComponent("model.safetensors"))
-        var config = try TestPaths.json(source.appendingPathComponent("config.json"))
-        config.removeValue(forKey: "hidden_size")
-        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("config.json"))
         #expect { try ModelLoader.loadModel(path: dir.path) } throws: { error in
             String(describing: error).contains("missing field 'hidden_size'")
         }

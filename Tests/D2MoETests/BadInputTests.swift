@@ -39,30 +39,16 @@ import D2MoEFormats
     }
 
     @Test func configMissingAFieldExitsNonZeroWithAMessage() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bad-config-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestPaths.editedFixture("mixtral") { $0.removeValue(forKey: "num_local_experts") }
         defer { try? FileManager.default.removeItem(at: dir) }
-        let source = TestPaths.fixtures.appendingPathComponent("mixtral")
-        try FileManager.default.copyItem(at: source.appendingPathComponent("model.safetensors"),
-                                         to: dir.appendingPathComponent("model.safetensors"))
-        var config = try TestPaths.json(source.appendingPathComponent("config.json"))
-        config.removeValue(forKey: "num_local_experts")
-        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("config.json"))
         let r = try runCLI(["inspect", "--model", dir.path])
         #expect(r.status != 0)
         #expect(r.stderr.contains("missing field 'num_local_experts'"), "stderr: \(r.stderr)")
     }
 
     @Test func wrongTensorShapeIsNamed() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bad-shape-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestPaths.editedFixture("llama") { $0["intermediate_size"] = 96 }
         defer { try? FileManager.default.removeItem(at: dir) }
-        let source = TestPaths.fixtures.appendingPathComponent("llama")
-        try FileManager.default.copyItem(at: source.appendingPathComponent("model.safetensors"),
-                                         to: dir.appendingPathComponent("model.safetensors"))
-        var config = try TestPaths.json(source.appendingPathComponent("config.json"))
-        config["intermediate_size"] = 96
-        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("config.json"))
         #expect { try ModelLoader.loadModel(path: dir.path) } throws: { error in
             String(describing: error).contains("has shape [128, 64], expected [96, 64]")
         }

@@ -30,6 +30,19 @@ enum TestPaths {
         return dir.appendingPathComponent("d2moe")
     }
 
+    /// A temporary copy of fixture `name` with its config.json edited; the caller removes it.
+    static func editedFixture(_ name: String, _ edit: (inout [String: Any]) -> Void) throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("d2moe-\(name)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let source = fixtures.appendingPathComponent(name)
+        try FileManager.default.copyItem(at: source.appendingPathComponent("model.safetensors"),
+                                         to: dir.appendingPathComponent("model.safetensors"))
+        var config = try json(source.appendingPathComponent("config.json"))
+        edit(&config)
+        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("config.json"))
+        return dir
+    }
+
     static func json(_ url: URL) throws -> [String: Any] {
         try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
     }
