@@ -31,7 +31,7 @@ let package = Package(
         .testTarget(name: "D2MoEFormatsTests", dependencies: ["D2MoEFormats"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "D2MoETokenizersTests", dependencies: ["D2MoETokenizers"],
-                    resources: [.copy("Golden")]),
+                    resources: [.copy("Golden"), .copy("Fixtures")]),
         .testTarget(name: "D2MoETests", dependencies: ["D2MoE", "D2MoEFormats"],
                     resources: [.copy("Fixtures")]),
     ],

@@ -32,6 +32,8 @@ indirect enum JinjaNode: Sendable {
 struct JinjaParser {
     private var segments: [JinjaSegment]
     private var index = 0
+    /// Blocks open at this point, innermost last, for "never closed" errors.
+    private var openers: [(keyword: String, line: Int)] = []
 
     init(_ segments: [JinjaSegment]) { self.segments = segments }
 
@@ -60,12 +62,15 @@ struct JinjaParser {
                 var p = try ExprParser(source, line: line)
                 guard case .name(let keyword)? = p.next() else { throw TemplateError("empty or malformed '{% %}' tag", line: line) }
                 if enders.contains(keyword) { return (nodes, (keyword, p, line)) }
+                openers.append((keyword, line))
                 nodes.append(try parseStatement(keyword, &p, line: line, enders: enders))
+                openers.removeLast()
             }
         }
         if !enders.isEmpty {
             let wanted = enders.filter { $0.hasPrefix("end") }.sorted().joined(separator: " or ")
-            throw TemplateError("the template ends before '{% \(wanted) %}'")
+            let opener = openers.last.map { "'{% \($0.keyword) %}' on line \($0.line) is never closed: " } ?? ""
+            throw TemplateError(opener + "the template ends before '{% \(wanted) %}'")
         }
         return (nodes, nil)
     }
@@ -138,6 +143,8 @@ struct JinjaParser {
             return .ifChain([(.literal(.bool(true)), body)], otherwise: [], line: line)
         case "break": try p.expectEnd(); return .breakLoop
         case "continue": try p.expectEnd(); return .continueLoop
+        case "else", "elif", "endif", "endfor", "endset", "endmacro", "endgeneration":
+            throw TemplateError("unexpected '{% \(keyword) %}' with no matching open block", line: line)
         default:
             throw TemplateError("'{% \(keyword) %}' is not supported by this template engine (supported: if, elif, else, for, set, macro, break, continue, generation)", line: line)
         }
