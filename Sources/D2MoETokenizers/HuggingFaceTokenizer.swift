@@ -35,16 +35,17 @@ public final class HuggingFaceTokenizer: Tokenizer, @unchecked Sendable {
     /// Parses `tokenizer.json` data. BOS/EOS come from the post-processor's template, or from
     /// `bosToken`/`eosToken` (names from tokenizer_config.json) when given.
     public convenience init(json data: Data, bosToken: String? = nil, eosToken: String? = nil,
-                            extraEndTokens: [String] = [], addBOS: Bool? = nil) throws {
+                            extraEndTokens: [String] = [], extraEndIDs: [Int32] = [], addBOS: Bool? = nil) throws {
         let root: JSONDocument
         do { root = try JSONDocument.parse(Array(data)) } catch let e as TokenizerError {
             throw TokenizerError("tokenizer.json: \(e.description)")
         }
         guard root.members != nil else { throw TokenizerError("tokenizer.json is not a JSON object") }
-        try self.init(root: root, bosToken: bosToken, eosToken: eosToken, extraEndTokens: extraEndTokens, addBOS: addBOS)
+        try self.init(root: root, bosToken: bosToken, eosToken: eosToken, extraEndTokens: extraEndTokens,
+                      extraEndIDs: extraEndIDs, addBOS: addBOS)
     }
 
-    init(root: JSONDocument, bosToken: String?, eosToken: String?, extraEndTokens: [String], addBOS: Bool?) throws {
+    init(root: JSONDocument, bosToken: String?, eosToken: String?, extraEndTokens: [String], extraEndIDs: [Int32], addBOS: Bool?) throws {
         guard let model = root["model"], model.members != nil else { throw TokenizerError("tokenizer.json has no model") }
         let kind = model["type"]?.string ?? "BPE"
         guard kind == "BPE" else { throw TokenizerError("tokenizer.json model type '\(kind)' is not supported (BPE is)") }
@@ -141,7 +142,7 @@ public final class HuggingFaceTokenizer: Tokenizer, @unchecked Sendable {
         eosID = id(eosToken) ?? template.suffix
         addsBOS = addBOS ?? (template.prefix != nil)
         addsEOS = template.suffix != nil
-        eotIDs = Set(([eosID] + extraEndTokens.map { id($0) }).compactMap { $0 })
+        eotIDs = Set(([eosID] + extraEndTokens.map { id($0) }).compactMap { $0 } + extraEndIDs.filter { $0 >= 0 && Int($0) < count })
         for (name, value) in [("BOS", bosToken), ("EOS", eosToken)] where value != nil && id(value) == nil {
             throw TokenizerError("\(name) token '\(value!)' is not in the vocabulary")
         }

@@ -7,8 +7,14 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(name: .long, help: "The prompt.")
-    var prompt: String
+    @Option(name: .long, help: "The prompt (with --chat: the user's message; without --prompt, --chat reads turns from stdin).")
+    var prompt: String?
+
+    @Flag(name: .long, help: "Apply the model's chat template: --prompt is the user's message.")
+    var chat = false
+
+    @Option(name: .long, help: "With --chat: a system message.")
+    var system: String?
 
     @Option(name: .long, help: "Maximum number of tokens to generate.")
     var maxTokens: Int = 128
@@ -47,24 +53,50 @@ struct Run: AsyncParsableCommand {
         parameters.sampling.repetitionPenalty = repeatPenalty
         parameters.sampling.seed = seed
         parameters.stopStrings = stop
+        if !chat && prompt == nil { throw ValidationError("give --prompt TEXT (or --chat to read turns from stdin)") }
         let engine: Engine
-        let stream: AsyncStream<GenerationEvent>
         let loadStart = Date()
         do {
             engine = try modelOptions.load()
-            stream = try engine.generate(prompt: prompt, parameters: parameters)
+            if chat { _ = try engine.chatTokens([ChatMessage(role: "user", content: "")]) }  // fail now if there is no usable template
         } catch let error as ValidationError {
             throw error
         } catch {
             fail(String(describing: error))
         }
         let loadSeconds = Date().timeIntervalSince(loadStart)
+        guard chat else {
+            await stream(engine, { try engine.generate(prompt: prompt!, parameters: parameters) }, loadSeconds: loadSeconds)
+            return
+        }
+        var messages = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+        if let prompt {
+            messages.append(ChatMessage(role: "user", content: prompt))
+            await stream(engine, { try engine.generate(messages: messages, parameters: parameters) }, loadSeconds: loadSeconds)
+            return
+        }
+        // Interactive: one user turn per line; the whole conversation is re-rendered each turn.
+        while let line = readLine() {
+            guard !line.trimmingCharacters(in: .whitespaces).isEmpty else { continue }
+            messages.append(ChatMessage(role: "user", content: line))
+            let reply = await stream(engine, { try engine.generate(messages: messages, parameters: parameters) }, loadSeconds: loadSeconds)
+            messages.append(ChatMessage(role: "assistant", content: reply))
+        }
+    }
+
+    /// Streams one generation to stdout and returns its text.
+    @discardableResult
+    func stream(_ engine: Engine, _ start: () throws -> AsyncStream<GenerationEvent>, loadSeconds: Double) async -> String {
+        let stream: AsyncStream<GenerationEvent>
+        do { stream = try start() } catch { fail(String(describing: error)) }
+        var reply = ""
         for await event in stream {
             switch event {
             case .text(let text, _):
+                reply += text
                 FileHandle.standardOutput.write(Data(text.utf8))
             case .finished(let s):
-                print()
+                FileHandle.standardOutput.write(Data("\n".utf8))
                 if stats {
                     let line = String(format: "load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, %.1f tokens/s | finish: %@ | weights %@",
                                       loadSeconds, s.promptTokens, s.promptTokensPerSecond, s.generatedTokens,
@@ -75,5 +107,6 @@ struct Run: AsyncParsableCommand {
                 fail(message)
             }
         }
+        return reply
     }
 }

@@ -5,7 +5,7 @@ import Foundation
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the token ids of a text.")
 
-    @Option(name: .long, help: "A GGUF file.")
+    @Option(name: .long, help: "A GGUF file or a Hugging Face folder (tokenizer.json).")
     var model: String
 
     @Option(name: .long, help: "The text.")

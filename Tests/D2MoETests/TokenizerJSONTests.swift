@@ -100,4 +100,55 @@ struct TokenizerJSONTests {
         #expect(mismatches == 0)
         print("\(name): \(cases.count - mismatches)/\(cases.count) strings identical to Hugging Face tokenizers")
     }
+
+    /// A Hugging Face folder: tokenizer.json + tokenizer_config.json (EOS, chat template) +
+    /// generation_config.json (extra end ids), loaded the way `Engine.load` loads folders.
+    @Test func folderTokenizerCarriesTemplateAndEndTokens() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("d2moe-tok-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Self.tokenizerJSON("smollm2").write(to: dir.appendingPathComponent("tokenizer.json"))
+        let gguf = try Engine.loadTokenizerBundle(path: TestPaths.smolLM2)
+        let config: [String: Any] = ["eos_token": ["content": "<|im_end|>"], "bos_token": "<|im_start|>",
+                                     "chat_template": gguf.chatTemplateSource!]
+        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("tokenizer_config.json"))
+        try Data(#"{"eos_token_id": [2, 0]}"#.utf8).write(to: dir.appendingPathComponent("generation_config.json"))
+        let folder = try Engine.loadTokenizerBundle(path: dir.path)
+        #expect(folder.tokenizer.eosID == 2)
+        #expect(folder.tokenizer.eotIDs == [0, 2])
+        #expect(folder.eosText == "<|im_end|>")
+        let messages = [ChatMessage(role: "system", content: "Be brief."), ChatMessage(role: "user", content: "Hi 👋 there")]
+        let a = try folder.chatTemplate().render(messages: messages, bosToken: folder.bosText, eosToken: folder.eosText)
+        let b = try gguf.chatTemplate().render(messages: messages, bosToken: gguf.bosText, eosToken: gguf.eosText)
+        #expect(a == b)
+        #expect(folder.tokenizer.encode(a, addSpecial: false, parseSpecial: true) == gguf.tokenizer.encode(b, addSpecial: false, parseSpecial: true))
+        // The CLI reads folders too.
+        let viaFolder = try runCLI(["tokenize", "--model", dir.path, "--text", "Hello 123 world", "--json"])
+        let viaGGUF = try runCLI(["tokenize", "--model", TestPaths.smolLM2, "--text", "Hello 123 world", "--json"])
+        #expect(viaFolder.status == 0 && viaFolder.stdout == viaGGUF.stdout)
+    }
+
+    /// `--chat` renders the model's template: the prompt tokens equal the tokens of Jinja2's
+    /// rendering of the same conversation (scripts/reference/chat_template_golden.py).
+    @Test func chatPromptTokensFollowJinja2Rendering() throws {
+        let goldenURL = TestPaths.packageRoot.appendingPathComponent("Tests/D2MoETokenizersTests/Fixtures/chat-templates/golden.json")
+        let cases = try JSONSerialization.jsonObject(with: Data(contentsOf: goldenURL)) as! [[String: Any]]
+        let engine = try Engine.load(path: TestPaths.smolLM2, options: LoadOptions(contextLength: 256))
+        var checked = 0
+        for c in cases where c["template"] as? String == "smollm2.jinja" && c["output"] != nil {
+            let variables = c["variables"] as! [String: Any]
+            guard variables["add_generation_prompt"] as? Bool == true, variables.count == 4 else { continue }
+            let messages = (variables["messages"] as! [[String: String]]).map { ChatMessage(role: $0["role"]!, content: $0["content"]!) }
+            let expected = engine.tokenizer.encode(c["output"] as! String, addSpecial: false, parseSpecial: true)
+            #expect(try engine.chatTokens(messages) == expected)
+            checked += 1
+        }
+        #expect(checked >= 3)
+    }
+
+    @Test func chatWithoutATemplateIsAClearError() throws {
+        let r = try runCLI(["run", "--model", TestPaths.gemma3, "--chat", "--prompt", "hi", "--max-tokens", "2"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("no chat template"))
+    }
 }

@@ -1,21 +1,22 @@
 import Foundation
 
 extension Engine {
-    /// Loads a model and its tokenizer. GGUF files carry their tokenizer; folders need one too.
+    /// Loads a model and its tokenizer: a GGUF file carries both; a Hugging Face folder needs
+    /// tokenizer.json beside config.json and the safetensors.
     public static func load(path: String, options: LoadOptions = .init()) throws -> Engine {
         let opened = try ModelLoader.open(path: path, options: options)
-        guard let gguf = opened.gguf else {
-            throw ModelError("\(path): this folder has no tokenizer the engine can read yet (GGUF files carry theirs)")
-        }
-        let tokenizer = try ModelLoader.tokenizer(gguf)
+        let bundle = try opened.gguf.map(TokenizerLoader.gguf) ?? TokenizerLoader.folder(path)
         let context = options.contextLength ?? min(opened.model.info.contextLength, 4096)
-        return Engine(model: opened.model, tokenizer: tokenizer, contextLength: context, source: path)
+        return Engine(model: opened.model, tokenizer: bundle.tokenizer, contextLength: context, source: path, tokenizerBundle: bundle)
     }
-}
 
-extension Engine {
-    /// The tokenizer of a GGUF file alone, without loading its weights.
+    /// The tokenizer of a GGUF file or Hugging Face folder alone, without loading weights.
     public static func loadTokenizer(path: String) throws -> any Tokenizer {
-        try ModelLoader.tokenizer(path: path)
+        try TokenizerLoader.load(path: path).tokenizer
+    }
+
+    /// The tokenizer with its chat template and BOS/EOS text.
+    public static func loadTokenizerBundle(path: String) throws -> TokenizerBundle {
+        try TokenizerLoader.load(path: path)
     }
 }

@@ -12,11 +12,32 @@ public final class Engine: @unchecked Sendable {
     /// Prompt tokens per forward pass while prefilling.
     public var prefillChunk = 512
 
-    public init(model: TransformerModel, tokenizer: any Tokenizer, contextLength: Int, source: String) {
+    /// The chat template and BOS/EOS text, when the model came with them.
+    public let tokenizerBundle: TokenizerBundle?
+
+    public init(model: TransformerModel, tokenizer: any Tokenizer, contextLength: Int, source: String,
+                tokenizerBundle: TokenizerBundle? = nil) {
         self.model = model
         self.tokenizer = tokenizer
         self.contextLength = contextLength
         self.source = source
+        self.tokenizerBundle = tokenizerBundle
+    }
+
+    /// The prompt tokens of a conversation under the model's own chat template, ending with the
+    /// assistant's turn. Rendered once per request; generation then only appends tokens.
+    public func chatTokens(_ messages: [ChatMessage], variables: [String: JinjaValue] = [:]) throws -> [Int32] {
+        guard let bundle = tokenizerBundle else { throw ModelError("this engine has no chat template") }
+        let text = try bundle.chatTemplate().render(messages: messages, addGenerationPrompt: true,
+                                                    bosToken: bundle.bosText, eosToken: bundle.eosText, variables: variables)
+        // Templates that write BOS themselves must not get a second one.
+        let writesBOS = !bundle.bosText.isEmpty && text.hasPrefix(bundle.bosText)
+        return tokenizer.encode(text, addSpecial: !writesBOS, parseSpecial: true)
+    }
+
+    /// Streams the assistant's reply to a conversation.
+    public func generate(messages: [ChatMessage], parameters: GenerationParameters = .init()) throws -> AsyncStream<GenerationEvent> {
+        try generate(tokens: try chatTokens(messages), parameters: parameters)
     }
 
     /// Tokenizes `prompt` and streams the completion. Throws before streaming when the request

@@ -64,12 +64,3 @@ public enum ModelLoader {
         return try architecture.build(config, weights, options: options)
     }
 }
-
-extension ModelLoader {
-    /// The tokenizer a GGUF file describes.
-    static func tokenizer(_ file: GGUFFile) throws -> any Tokenizer { try GGUFMetadata.tokenizer(file) }
-}
-
-extension ModelLoader {
-    static func tokenizer(path: String) throws -> any Tokenizer { try GGUFMetadata.tokenizer(try GGUFFile(path: path)) }
-}
