@@ -7,12 +7,12 @@ struct D2MoECommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "d2moe",
         abstract: "Run Mixture-of-Experts language models on devices with less memory than the model.",
-        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, Tokenize.self])
+        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, Quantize.self, Tokenize.self])
 }
 
 /// Options every command that loads a model shares.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: "A GGUF file or a Hugging Face folder (config.json, *.safetensors).")
+    @Option(name: .long, help: "A GGUF file, a Hugging Face folder (config.json, *.safetensors) or an .mwq file.")
     var model: String
 
     @Option(name: .long, help: "Element type of dense weights: f32, f16 or bf16.")
@@ -24,13 +24,16 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Experts chosen per token in MoE layers (default: the model's).")
     var expertsPerToken: Int?
 
+    @Option(name: .long, help: "For .mwq files: serve every expert at N bits (one of the file's levels; default the highest).")
+    var bits: Int?
+
     func load() throws -> Engine {
         guard let type = ElementType(rawValue: dtype) else {
             throw ValidationError("--dtype must be f32, f16 or bf16, got '\(dtype)'")
         }
         if let contextLength, contextLength < 1 { throw ValidationError("--ctx must be ≥ 1") }
         return try Engine.load(path: model, options: LoadOptions(dtype: type, contextLength: contextLength,
-                                                                 expertsPerToken: expertsPerToken))
+                                                                 expertsPerToken: expertsPerToken, bits: bits))
     }
 }
 

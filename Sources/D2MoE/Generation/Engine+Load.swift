@@ -5,7 +5,7 @@ extension Engine {
     /// tokenizer.json beside config.json and the safetensors.
     public static func load(path: String, options: LoadOptions = .init()) throws -> Engine {
         let opened = try ModelLoader.open(path: path, options: options)
-        let bundle = try opened.gguf.map(TokenizerLoader.gguf) ?? TokenizerLoader.folder(path)
+        let bundle = try TokenizerLoader.load(opened.source)
         let context = options.contextLength ?? min(opened.model.info.contextLength, 4096)
         return Engine(model: opened.model, tokenizer: bundle.tokenizer, contextLength: context, source: path, tokenizerBundle: bundle)
     }

@@ -42,8 +42,12 @@ enum GGUFMetadata {
 
     /// The tokenizer described by `tokenizer.ggml.*`.
     static func tokenizer(_ file: GGUFFile) throws -> any Tokenizer {
-        let m = file.metadata
-        func fail(_ s: String) -> ModelError { ModelError("\(file.path): \(s)") }
+        try tokenizer(metadata: file.metadata, origin: file.path)
+    }
+
+    /// The tokenizer described by `tokenizer.ggml.*` keys, wherever they were stored.
+    static func tokenizer(metadata m: [String: GGUFValue], origin: String) throws -> any Tokenizer {
+        func fail(_ s: String) -> ModelError { ModelError("\(origin): \(s)") }
         guard let model = m["tokenizer.ggml.model"]?.string else { throw fail("no tokenizer.ggml.model in metadata") }
         guard let tokens = m["tokenizer.ggml.tokens"]?.stringArray else { throw fail("no tokenizer.ggml.tokens in metadata") }
         let types = m["tokenizer.ggml.token_type"]?.intArray.map { $0.map { Int32(truncatingIfNeeded: $0) } }
@@ -72,5 +76,62 @@ enum GGUFMetadata {
         } catch let error as TokenizerError {
             throw fail("tokenizer: \(error.description)")
         }
+    }
+}
+
+extension GGUFMetadata {
+    /// The `tokenizer.*` keys as JSON, for the MWQ header (float arrays tagged so they stay floats).
+    static func tokenizerJSON(_ file: GGUFFile) -> JSONValue {
+        func json(_ v: GGUFValue) -> JSONValue {
+            switch v {
+            case .int(let x): return .int(Int(x))
+            case .uint(let x): return .int(Int(truncatingIfNeeded: x))
+            case .float(let x): return .double(x)
+            case .bool(let b): return .bool(b)
+            case .string(let s): return .string(s)
+            case .array(let a): return array(a)
+            }
+        }
+        func array(_ a: GGUFArray) -> JSONValue {
+            switch a {
+            case .ints(let xs): return .array(xs.map { .int(Int($0)) })
+            case .floats(let xs): return .object(["float": .array(xs.map { .double($0) })])
+            case .bools(let xs): return .array(xs.map { .bool($0) })
+            case .strings(let xs): return .array(xs.map { .string($0) })
+            case .arrays(let xs): return .array(xs.map(array))
+            }
+        }
+        var out: [String: JSONValue] = [:]
+        for (k, v) in file.metadata where k.hasPrefix("tokenizer.") { out[k] = json(v) }
+        return .object(out)
+    }
+
+    /// The inverse of `tokenizerJSON`.
+    static func metadata(fromTokenizerJSON j: JSONValue) -> [String: GGUFValue] {
+        func value(_ v: JSONValue) -> GGUFValue? {
+            switch v {
+            case .int(let x): return .int(Int64(x))
+            case .double(let x): return .float(x)
+            case .bool(let b): return .bool(b)
+            case .string(let s): return .string(s)
+            case .object(let o):
+                guard case .array(let xs)? = o["float"] else { return nil }
+                return .array(.floats(xs.map { if case .double(let d) = $0 { return d }; if case .int(let i) = $0 { return Double(i) }; return 0 }))
+            case .array(let xs):
+                if xs.allSatisfy({ if case .string = $0 { return true }; return false }) {
+                    return .array(.strings(xs.map { if case .string(let s) = $0 { return s }; return "" }))
+                }
+                if xs.allSatisfy({ if case .int = $0 { return true }; return false }) {
+                    return .array(.ints(xs.map { if case .int(let i) = $0 { return Int64(i) }; return 0 }))
+                }
+                if xs.allSatisfy({ if case .bool = $0 { return true }; return false }) {
+                    return .array(.bools(xs.map { if case .bool(let b) = $0 { return b }; return false }))
+                }
+                return nil
+            case .null: return nil
+            }
+        }
+        guard case .object(let o) = j else { return [:] }
+        return o.compactMapValues(value)
     }
 }

@@ -26,7 +26,7 @@ public enum ModelInspector {
             throw ModelError("\(path): no such file or folder")
         }
         if isDirectory.boolValue {
-            let model = try ModelLoader.loadFolder(path, options: LoadOptions())
+            let model = try ModelLoader.open(path: path, options: LoadOptions()).model
             let folder = try SafetensorsFolder(path: path)
             let tensors = folder.tensorNames.compactMap { folder.tensorInfo(named: $0) }.map {
                 Tensor(name: $0.name, shape: $0.shape, type: $0.dtype.rawValue, bytes: $0.byteCount)
@@ -34,8 +34,25 @@ public enum ModelInspector {
             return Report(format: "Hugging Face folder (safetensors)", architecture: model.info.modelType,
                           properties: properties(model.info), tensors: tensors)
         }
+        if MWQWeights.looksLikeMWQ(path) {
+            let opened = try ModelLoader.open(path: path, options: LoadOptions())
+            let h = opened.source.mwq!.header
+            var props = [("mwq version", "\(h.version)"),
+                         ("quantization", "\(h.quantization.scheme): bits \(h.quantization.bits.map(String.init).joined(separator: "/")), group \(h.quantization.group), scales \(h.quantization.scales), resident \(h.quantization.resident)"),
+                         ("expert records", "\(h.experts.count)")]
+            props += properties(opened.model.info)
+            var tensors = h.resident.map { Tensor(name: $0.name, shape: $0.shape, type: $0.dtype, bytes: $0.bytes) }
+            for e in h.experts {
+                for m in e.matrices {
+                    let bytes = MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: h.quantization.group, baseBits: h.quantization.bits[0])
+                        + (h.quantization.bits.count - 1) * MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: h.quantization.group)
+                    tensors.append(Tensor(name: m.name, shape: [m.rows, m.cols], type: "mwq\(h.quantization.bits.first!)-\(h.quantization.bits.last!)", bytes: bytes))
+                }
+            }
+            return Report(format: "MWQ", architecture: opened.model.info.modelType, properties: props, tensors: tensors)
+        }
         let file = try GGUFFile(path: path)
-        let model = try ModelLoader.loadGGUF(file, options: LoadOptions())
+        let model = try ModelLoader.open(path: path, options: LoadOptions()).model
         var props = [("gguf version", "\(file.version)")]
         if let name = file.metadata["general.name"]?.string { props.append(("name", name)) }
         props += properties(model.info)

@@ -2,30 +2,53 @@ import Foundation
 import D2MoEFormats
 import D2MoETokenizers
 
-/// Opens model files: a GGUF file, or a Hugging Face folder (config.json and safetensors).
+/// Opens model files: a GGUF file, a Hugging Face folder (config.json and safetensors), or an
+/// MWQ container (`.mwq`).
 public enum ModelLoader {
     /// The model alone (no tokenizer needed), for tools and tests.
     public static func loadModel(path: String, options: LoadOptions = .init()) throws -> TransformerModel {
         try open(path: path, options: options).model
     }
 
-    struct Opened {
-        let model: TransformerModel
+    /// What a model is built from, before building it.
+    struct Source {
+        let architecture: Architecture.Type
+        /// config.json keys.
+        let config: [String: Any]
+        let weights: WeightSource
         let gguf: GGUFFile?
         let folder: String?
+        let mwq: MWQFile?
+        var origin: String { weights.origin }
+        var modelType: String { (config["model_type"] as? String) ?? architecture.modelTypes[0] }
+    }
+
+    struct Opened {
+        let model: TransformerModel
+        let source: Source
+        var gguf: GGUFFile? { source.gguf }
     }
 
     static func open(path: String, options: LoadOptions) throws -> Opened {
+        let source = try Self.source(path: path, options: options)
+        if source.mwq == nil, options.bits != nil {
+            throw ModelError("\(path): --bits applies to .mwq files (make one with d2moe quantize)")
+        }
+        let model = try source.architecture.build(ConfigReader(source.config, origin: "\(source.origin) (config)"), source.weights, options: options)
+        return Opened(model: model, source: source)
+    }
+
+    static func source(path: String, options: LoadOptions) throws -> Source {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw ModelError("\(path): no such file or folder")
         }
-        if isDirectory.boolValue { return Opened(model: try loadFolder(path, options: options), gguf: nil, folder: path) }
-        let file = try GGUFFile(path: path)
-        return Opened(model: try loadGGUF(file, options: options), gguf: file, folder: nil)
+        if isDirectory.boolValue { return try folderSource(path) }
+        if MWQWeights.looksLikeMWQ(path) { return try mwqSource(path, options: options) }
+        return try ggufSource(try GGUFFile(path: path))
     }
 
-    static func loadGGUF(_ file: GGUFFile, options: LoadOptions) throws -> TransformerModel {
+    static func ggufSource(_ file: GGUFFile) throws -> Source {
         let metadata = GGUFMetadata.dictionary(file)
         guard let name = metadata["general.architecture"] as? String else {
             throw ModelError("\(file.path): metadata has no general.architecture")
@@ -40,14 +63,16 @@ public enum ModelLoader {
         } else {
             throw ModelError("\(file.path): GGUF architecture '\(name)' is not supported")
         }
-        let config = ConfigReader(architecture.config(fromGGUF: metadata, architecture: name), origin: "\(file.path) (metadata)")
-        let heads = try config.int("num_attention_heads")
+        var config = architecture.config(fromGGUF: metadata, architecture: name)
+        if config["model_type"] == nil { config["model_type"] = architecture.modelTypes[0] }
+        let reader = ConfigReader(config, origin: "\(file.path) (metadata)")
+        let heads = try reader.int("num_attention_heads")
         let weights = GGUFWeights(file: file, architecture: architecture, heads: heads,
-                                  kvHeads: config.optionalInt("num_key_value_heads") ?? heads)
-        return try architecture.build(config, weights, options: options)
+                                  kvHeads: reader.optionalInt("num_key_value_heads") ?? heads)
+        return Source(architecture: architecture, config: config, weights: weights, gguf: file, folder: nil, mwq: nil)
     }
 
-    static func loadFolder(_ path: String, options: LoadOptions) throws -> TransformerModel {
+    static func folderSource(_ path: String) throws -> Source {
         let configPath = (path as NSString).appendingPathComponent("config.json")
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw ModelError("\(path): no config.json")
@@ -55,12 +80,31 @@ public enum ModelLoader {
         guard let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw ModelError("\(configPath): not a JSON object")
         }
-        let config = ConfigReader(json, origin: configPath)
-        let modelType = try config.string("model_type")
+        let modelType = try ConfigReader(json, origin: configPath).string("model_type")
         guard let architecture = ModelRegistry.architecture(modelType: modelType) else {
             throw ModelError("\(configPath): model_type '\(modelType)' is not supported (supported: \(ModelRegistry.supportedModelTypes.joined(separator: ", ")))")
         }
         let weights = SafetensorsWeights(folder: try SafetensorsFolder(path: path), origin: path)
-        return try architecture.build(config, weights, options: options)
+        return Source(architecture: architecture, config: json, weights: weights, gguf: nil, folder: path, mwq: nil)
+    }
+
+    static func mwqSource(_ path: String, options: LoadOptions) throws -> Source {
+        let file = try MWQFile(path: path)
+        let bits = file.header.quantization.bits
+        let level: Int
+        if let b = options.bits {
+            guard let i = bits.firstIndex(of: b) else {
+                throw ModelError("\(path): --bits \(b) is not stored in this file (it holds \(bits.map(String.init).joined(separator: ", ")) bits)")
+            }
+            level = i + 1
+        } else {
+            level = bits.count
+        }
+        guard let architecture = ModelRegistry.architecture(modelType: file.header.modelType) else {
+            throw ModelError("\(path): model_type '\(file.header.modelType)' is not supported")
+        }
+        guard let config = file.header.config.plain as? [String: Any] else { throw ModelError("\(path): the header's config is not an object") }
+        return Source(architecture: architecture, config: config, weights: MWQWeights(file: file, level: level),
+                      gguf: nil, folder: nil, mwq: file)
     }
 }

@@ -27,10 +27,15 @@ public struct LoadOptions: Sendable {
     /// Experts chosen per token in MoE layers; nil keeps the model's own.
     public var expertsPerToken: Int?
 
-    public init(dtype: ElementType = .f32, contextLength: Int? = nil, expertsPerToken: Int? = nil) {
+    /// For `.mwq` files: serve every expert at this many bits (one of the file's levels); nil
+    /// serves the highest level.
+    public var bits: Int?
+
+    public init(dtype: ElementType = .f32, contextLength: Int? = nil, expertsPerToken: Int? = nil, bits: Int? = nil) {
         self.dtype = dtype
         self.contextLength = contextLength
         self.expertsPerToken = expertsPerToken
+        self.bits = bits
     }
 }
 

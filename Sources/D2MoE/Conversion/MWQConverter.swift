@@ -1,0 +1,132 @@
+import Foundation
+import D2MoEFormats
+
+/// Writes a model as an MWQ container: routed experts (or, in dense models, each layer's FFN as
+/// one expert) quantized to nested bit-widths, everything else resident.
+public enum MWQConverter {
+    /// A quantization scheme: `v1` = {2,3,4}, `v2` = {5,6,7,8}, `mwqA-B` any contiguous range,
+    /// `rtnN` = independent round-to-nearest at N bits (a base level alone).
+    public struct Scheme: Sendable {
+        public let name: String
+        public let bits: [Int]
+
+        public init(_ name: String) throws {
+            self.name = name
+            switch name {
+            case "v1": bits = [2, 3, 4]
+            case "v2": bits = [5, 6, 7, 8]
+            default:
+                if name.hasPrefix("rtn"), let b = Int(name.dropFirst(3)), (1...8).contains(b) {
+                    bits = [b]
+                } else if name.hasPrefix("mwq"), case let parts = name.dropFirst(3).split(separator: "-"), parts.count == 2,
+                          let lo = Int(parts[0]), let hi = Int(parts[1]), (1...8).contains(lo), hi >= lo, hi <= 16 {
+                    bits = Array(lo...hi)
+                } else {
+                    throw ModelError("unknown scheme '\(name)' (v1, v2, mwqA-B such as mwq3-6, rtn1 … rtn8)")
+                }
+            }
+        }
+    }
+
+    public struct Summary: Sendable {
+        public var expertRecords: Int
+        public var quantizedWeights: Int
+        public var residentBytes: Int
+        /// Bytes of all expert records at each level.
+        public var expertBytesPerLevel: [Int]
+        public var group: Int
+        public var seconds: Double
+    }
+
+    /// Records every tensor the architecture asks for, in order.
+    private final class Recorder: WeightSource {
+        let inner: WeightSource
+        var names: [String] = []
+        var origin: String { inner.origin }
+        init(_ inner: WeightSource) { self.inner = inner }
+        func shape(of name: String) -> [Int]? { inner.shape(of: name) }
+        func floats(_ name: String) throws -> [Float] {
+            if !names.contains(name) { names.append(name) }
+            return try inner.floats(name)
+        }
+    }
+
+    /// (layer, expert) of a quantizable FFN/expert matrix name, nil for everything else.
+    static func expertKey(_ name: String) -> (layer: Int, expert: Int)? {
+        let parts = name.split(separator: ".").map(String.init)
+        guard let li = parts.firstIndex(of: "layers"), li + 1 < parts.count, let layer = Int(parts[li + 1]) else { return nil }
+        guard !name.contains("shared_expert"), parts.last == "weight", parts.count >= 2 else { return nil }
+        let module = parts[parts.count - 2]
+        guard ["gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"].contains(module) else { return nil }
+        guard name.contains(".mlp.") || name.contains(".block_sparse_moe.") || name.contains(".feed_forward.") else { return nil }
+        if let ei = parts.firstIndex(of: "experts"), ei + 1 < parts.count, let e = Int(parts[ei + 1]) { return (layer, e) }
+        return (layer, 0)
+    }
+
+    public static func convert(model path: String, to out: String, scheme: Scheme, group requested: Int = 128,
+                               resident: String = "f16", progress: (String) -> Void = { _ in }) throws -> Summary {
+        let start = Date()
+        let source = try ModelLoader.source(path: path, options: LoadOptions())
+        guard source.mwq == nil else { throw ModelError("\(path) is already an MWQ file") }
+        let recorder = Recorder(source.weights)
+        _ = try source.architecture.build(ConfigReader(source.config, origin: source.origin), recorder, options: LoadOptions())
+        let names = recorder.names
+        // The group must divide every quantized matrix's columns: fall back to 64 or 32 if needed.
+        let expertNames = names.filter { expertKey($0) != nil }
+        let columns = expertNames.compactMap { source.weights.shape(of: $0)?.last }
+        guard let group = [requested, 64, 32].filter({ $0 <= requested }).first(where: { g in columns.allSatisfy { $0 % g == 0 } }) else {
+            throw ModelError("\(path): expert matrix widths \(Set(columns).sorted()) are not multiples of 32")
+        }
+        if group != requested { progress("group \(requested) does not divide widths \(Set(columns).sorted()); using group \(group)") }
+        let tokenizer: JSONValue = source.gguf.map { .object(["kind": .string("gguf"), "metadata": GGUFMetadata.tokenizerJSON($0)]) }
+            ?? TokenizerLoader.folderFilesJSON(source.folder!)
+        var writer = MWQWriter(modelType: source.modelType, config: try jsonValue(source.config), tokenizer: tokenizer,
+                               quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "minmax", resident: resident))
+        var summary = Summary(expertRecords: 0, quantizedWeights: 0, residentBytes: 0,
+                              expertBytesPerLevel: Array(repeating: 0, count: scheme.bits.count), group: group, seconds: 0)
+        var records: [String: [(name: String, matrix: MWQMatrix)]] = [:]
+        var order: [(Int, Int)] = []
+        for name in names {
+            let shape = source.weights.shape(of: name) ?? []
+            let values = try source.weights.floats(name)
+            if let key = expertKey(name), shape.count == 2 {
+                let m = try values.withUnsafeBufferPointer {
+                    try MWQMatrix.quantize($0, rows: shape[0], cols: shape[1], group: group, baseBits: scheme.bits[0],
+                                           signLevels: scheme.bits.count - 1)
+                }
+                let id = "\(key.layer).\(key.expert)"
+                if records[id] == nil { order.append(key) }
+                records[id, default: []].append((name, m))
+                summary.quantizedWeights += values.count
+                for k in 0..<m.levels.count { summary.expertBytesPerLevel[k] += m.levels[k].byteCount }
+                progress("quantized \(name) \(shape)")
+            } else {
+                // Matrices in the resident type; vectors (norms, biases) stay float32.
+                let dtype = shape.count >= 2 ? resident : "f32"
+                try writer.addResident(name, shape: shape, values: values, dtype: dtype)
+                summary.residentBytes += values.count * (dtype == "f32" ? 4 : 2)
+            }
+        }
+        for (layer, expert) in order {
+            try writer.addExpert(layer: layer, expert: expert, matrices: records["\(layer).\(expert)"]!)
+        }
+        summary.expertRecords = order.count
+        try writer.write(to: out)
+        summary.seconds = Date().timeIntervalSince(start)
+        return summary
+    }
+
+    static func jsonValue(_ any: Any) throws -> JSONValue {
+        switch any {
+        case is NSNull: return .null
+        case let b as Bool: return .bool(b)
+        case let i as Int: return .int(i)
+        case let d as Double: return .double(d)
+        case let f as Float: return .double(Double(f))
+        case let s as String: return .string(s)
+        case let a as [Any]: return .array(try a.map(jsonValue))
+        case let o as [String: Any]: return .object(try o.mapValues(jsonValue))
+        default: throw ModelError("config value \(any) cannot be stored in an MWQ header")
+        }
+    }
+}

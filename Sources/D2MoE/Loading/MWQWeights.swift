@@ -1,0 +1,40 @@
+import Foundation
+import D2MoEFormats
+import D2MoEKernels
+
+/// Weights of an MWQ container under their checkpoint names: resident tensors converted to
+/// float, quantized expert matrices served at one level (`--bits`).
+final class MWQWeights: WeightSource {
+    let file: MWQFile
+    /// 1-based level every expert is served at.
+    let level: Int
+    var origin: String { file.path }
+
+    init(file: MWQFile, level: Int) {
+        self.file = file
+        self.level = level
+    }
+
+    /// By magic, not by extension.
+    static func looksLikeMWQ(_ path: String) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? h.close() }
+        return (try? h.read(upToCount: 8)).map { Array($0) == Array("D2MWQ\0\0\0".utf8) } ?? false
+    }
+
+    func shape(of name: String) -> [Int]? {
+        if let t = file.residentTensor(name) { return t.shape }
+        if let m = file.expertRecord(containing: name)?.matrices.first(where: { $0.name == name }) { return [m.rows, m.cols] }
+        return nil
+    }
+
+    /// Resident tensors as stored; quantized matrices dequantized at `level` (the plain path).
+    func floats(_ name: String) throws -> [Float] {
+        do {
+            if file.residentTensor(name) != nil { return try file.floats(name) }
+            return try file.matrix(name, level: level).dequantize(level: level)
+        } catch let e as FormatError {
+            throw ModelError(e.description)
+        }
+    }
+}

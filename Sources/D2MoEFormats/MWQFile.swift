@@ -1,0 +1,364 @@
+import Foundation
+
+/// The `.mwq` container (DESIGN §3.2 layout, issue 5), one file:
+///
+/// - bytes 0..<8: magic `D2MWQ\0\0\0`; 8..<12: format version (UInt32 LE, 1); 12..<16: header
+///   length H (UInt32 LE); 16..<16+H: the header, UTF-8 JSON (`MWQHeader`);
+/// - at `header.residentOffset` (4 KiB aligned): the resident tensors, each at its own offset
+///   (64-byte aligned) as float16/bfloat16/float32, CRC-32 of the whole section in the header;
+/// - then one record per (layer, expert), each 4 KiB aligned: level 1 of every matrix of the
+///   expert (in the record's matrix order), then level 2 of every matrix, and so on. Level k is
+///   a byte prefix of the record and going from level j to k is one contiguous range. Each
+///   level's bytes carry their own CRC-32.
+public struct MWQHeader: Codable, Sendable {
+    public var format = "d2moe-mwq"
+    public var version = 1
+    /// Hugging Face `model_type` and the config the model is built from (config.json naming).
+    public var modelType: String
+    public var config: JSONValue
+    /// The tokenizer: `{"kind": "gguf", "metadata": {tokenizer.* keys}}` or
+    /// `{"kind": "huggingface", "files": {name: text}}`.
+    public var tokenizer: JSONValue
+    public var quantization: Quantization
+    public var resident: [ResidentTensor]
+    public var residentOffset: Int
+    public var residentBytes: Int
+    public var residentCRC32: UInt32
+    public var experts: [ExpertRecord]
+
+    public struct Quantization: Codable, Sendable {
+        /// "v1", "v2", "rtn4", …
+        public var scheme: String
+        /// Bits served at each level, e.g. [2, 3, 4].
+        public var bits: [Int]
+        public var group: Int
+        /// "minmax" or "calibrated".
+        public var scales: String
+        /// Element type of resident tensors: "f16", "bf16" or "f32".
+        public var resident: String
+        public init(scheme: String, bits: [Int], group: Int, scales: String, resident: String) {
+            self.scheme = scheme; self.bits = bits; self.group = group; self.scales = scales; self.resident = resident
+        }
+    }
+
+    public struct ResidentTensor: Codable, Sendable {
+        public var name: String
+        public var shape: [Int]
+        /// "f16", "bf16" or "f32".
+        public var dtype: String
+        /// From the start of the file.
+        public var offset: Int
+        public var bytes: Int
+    }
+
+    public struct ExpertRecord: Codable, Sendable {
+        public var layer: Int
+        public var expert: Int
+        /// From the start of the file.
+        public var offset: Int
+        /// Bytes of each level (all matrices); level k ends at offset + Σ levelBytes[0..<k].
+        public var levelBytes: [Int]
+        public var levelCRC32: [UInt32]
+        public var matrices: [Matrix]
+
+        public struct Matrix: Codable, Sendable {
+            /// The weight's checkpoint name, e.g. model.layers.3.mlp.gate_proj.weight.
+            public var name: String
+            public var rows: Int
+            public var cols: Int
+        }
+
+        /// Bytes from the record start to the end of level `level` (1-based).
+        public func prefixBytes(level: Int) -> Int { levelBytes.prefix(level).reduce(0, +) }
+    }
+}
+
+/// A JSON value kept as-is inside the header (model config, tokenizer data).
+public indirect enum JSONValue: Codable, Sendable, Equatable {
+    case null, bool(Bool), int(Int), double(Double), string(String), array([JSONValue]), object([String: JSONValue])
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let i = try? c.decode(Int.self) { self = .int(i) }
+        else if let d = try? c.decode(Double.self) { self = .double(d) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .int(let i): try c.encode(i)
+        case .double(let d): try c.encode(d)
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
+
+    /// Plain Swift values (Int, Double, Bool, String, arrays, dictionaries).
+    public var plain: Any {
+        switch self {
+        case .null: return NSNull()
+        case .bool(let b): return b
+        case .int(let i): return i
+        case .double(let d): return d
+        case .string(let s): return s
+        case .array(let a): return a.map(\.plain)
+        case .object(let o): return o.mapValues(\.plain)
+        }
+    }
+
+    public subscript(key: String) -> JSONValue? { if case .object(let o) = self { return o[key] }; return nil }
+}
+
+/// Writes a `.mwq` file atomically (a temporary file renamed into place).
+public struct MWQWriter {
+    public var header: MWQHeader
+    private var residentData: [(name: String, shape: [Int], dtype: String, bytes: [UInt8])] = []
+    private var records: [(layer: Int, expert: Int, matrices: [(String, MWQMatrix)])] = []
+
+    public init(modelType: String, config: JSONValue, tokenizer: JSONValue, quantization: MWQHeader.Quantization) {
+        header = MWQHeader(modelType: modelType, config: config, tokenizer: tokenizer, quantization: quantization,
+                           resident: [], residentOffset: 0, residentBytes: 0, residentCRC32: 0, experts: [])
+    }
+
+    /// A resident tensor from float32 values, stored as `dtype` ("f16", "bf16", "f32").
+    public mutating func addResident(_ name: String, shape: [Int], values: [Float], dtype: String) throws {
+        var bytes = [UInt8]()
+        switch dtype {
+        case "f32": bytes.reserveCapacity(values.count * 4); for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { bytes += $0 } }
+        case "f16": bytes.reserveCapacity(values.count * 2); for v in values { withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { bytes += $0 } }
+        case "bf16":
+            bytes.reserveCapacity(values.count * 2)
+            for v in values {
+                let b = v.bitPattern, rounded = UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
+                withUnsafeBytes(of: (v.isNaN ? 0x7FC0 : rounded).littleEndian) { bytes += $0 }
+            }
+        default: throw FormatError("MWQ", "resident type '\(dtype)' is not supported (f16, bf16, f32)")
+        }
+        residentData.append((name, shape, dtype, bytes))
+    }
+
+    /// One (layer, expert) record; every matrix must have the same levels.
+    public mutating func addExpert(layer: Int, expert: Int, matrices: [(name: String, matrix: MWQMatrix)]) throws {
+        guard let levels = matrices.first?.matrix.levels.count, matrices.allSatisfy({ $0.matrix.levels.count == levels }) else {
+            throw FormatError("MWQ", "expert (\(layer), \(expert)) has no matrices or matrices with different level counts")
+        }
+        records.append((layer, expert, matrices.map { ($0.name, $0.matrix) }))
+    }
+
+    public func write(to path: String) throws {
+        // Lay out: resident section after a header area, records after it, each aligned.
+        func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
+        var header = self.header
+        var resident: [MWQHeader.ResidentTensor] = []
+        var residentBlob = [UInt8]()
+        for t in residentData {
+            residentBlob += [UInt8](repeating: 0, count: align(residentBlob.count, 64) - residentBlob.count)
+            resident.append(.init(name: t.name, shape: t.shape, dtype: t.dtype, offset: residentBlob.count, bytes: t.bytes.count))
+            residentBlob += t.bytes
+        }
+        var recordBlobs: [[UInt8]] = []
+        var experts: [MWQHeader.ExpertRecord] = []
+        for r in records {
+            let levelCount = r.matrices[0].1.levels.count
+            var blob = [UInt8](), sizes: [Int] = [], crcs: [UInt32] = []
+            for k in 0..<levelCount {
+                var level = [UInt8]()
+                for (_, m) in r.matrices { level += m.levelBytes(k) }
+                sizes.append(level.count)
+                crcs.append(CRC32.checksum(level))
+                blob += level
+            }
+            recordBlobs.append(blob)
+            experts.append(.init(layer: r.layer, expert: r.expert, offset: 0, levelBytes: sizes, levelCRC32: crcs,
+                                 matrices: r.matrices.map { .init(name: $0.0, rows: $0.1.rows, cols: $0.1.cols) }))
+        }
+        header.residentBytes = residentBlob.count
+        header.residentCRC32 = CRC32.checksum(residentBlob)
+        // The header's own size depends on the offsets it records: iterate until it is stable.
+        var headerBytes = [UInt8]()
+        var residentOffset = 4096
+        for _ in 0..<8 {
+            header.residentOffset = residentOffset
+            header.resident = resident.map { var t = $0; t.offset += residentOffset; return t }
+            var at = align(residentOffset + residentBlob.count, 4096)
+            header.experts = zip(experts, recordBlobs).map { e, blob in
+                var e = e; e.offset = at; at = align(at + blob.count, 4096); return e
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            headerBytes = Array(try encoder.encode(header))
+            let needed = align(16 + headerBytes.count, 4096)
+            if needed == residentOffset { break }
+            residentOffset = needed
+        }
+        let temporary = path + ".tmp-\(getpid())"
+        FileManager.default.createFile(atPath: temporary, contents: nil)
+        guard let out = FileHandle(forWritingAtPath: temporary) else { throw FormatError(path, "cannot create \(temporary)") }
+        var ok = false
+        defer { if !ok { try? FileManager.default.removeItem(atPath: temporary) } }
+        var prefix = Array("D2MWQ\0\0\0".utf8)
+        withUnsafeBytes(of: UInt32(1).littleEndian) { prefix += $0 }
+        withUnsafeBytes(of: UInt32(headerBytes.count).littleEndian) { prefix += $0 }
+        var written = 0
+        func put(_ bytes: [UInt8]) throws { try out.write(contentsOf: bytes); written += bytes.count }
+        func pad(to offset: Int) throws { if offset > written { try put([UInt8](repeating: 0, count: offset - written)) } }
+        try put(prefix + headerBytes)
+        try pad(to: header.residentOffset)
+        try put(residentBlob)
+        for (e, blob) in zip(header.experts, recordBlobs) {
+            try pad(to: e.offset)
+            try put(blob)
+        }
+        try pad(to: align(written, 4096))
+        try out.synchronize()
+        try out.close()
+        guard rename(temporary, path) == 0 else { throw FormatError(path, "cannot rename \(temporary) into place") }
+        ok = true
+    }
+}
+
+/// A `.mwq` file opened for reading: header parsed and checked, resident section verified;
+/// expert levels are read on demand (by pointer into the mapping, or by positioned reads).
+public final class MWQFile: @unchecked Sendable {
+    public let path: String
+    public let header: MWQHeader
+    public let file: MappedFile
+    private let residentIndex: [String: Int]
+    private let expertIndex: [String: (record: Int, matrix: Int)]
+
+    public init(path: String) throws {
+        self.path = path
+        file = try MappedFile(path: path)
+        let head = try file.bytes(at: 0, count: 16, what: "MWQ file header")
+        guard Array(head[0..<8]) == Array("D2MWQ\0\0\0".utf8) else { throw FormatError(path, "not an MWQ file (bad magic)") }
+        let version = UInt32(littleEndian: head.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        guard version == 1 else { throw FormatError(path, "MWQ version \(version) is not supported (this build reads version 1)") }
+        let length = Int(UInt32(littleEndian: head.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
+        let json = try file.bytes(at: 16, count: length, what: "MWQ header JSON")
+        do {
+            header = try JSONDecoder().decode(MWQHeader.self, from: Data(json))
+        } catch {
+            throw FormatError(path, "the MWQ header is not valid JSON of the expected shape (\(error))")
+        }
+        guard header.format == "d2moe-mwq" else { throw FormatError(path, "header format is '\(header.format)', not d2moe-mwq") }
+        let resident = try file.bytes(at: header.residentOffset, count: header.residentBytes, what: "resident section")
+        guard CRC32.checksum(resident) == header.residentCRC32 else {
+            throw FormatError(path, "resident section checksum mismatch (the file is corrupt)")
+        }
+        var r: [String: Int] = [:]
+        for (i, t) in header.resident.enumerated() {
+            let size = t.shape.reduce(1, *) * (t.dtype == "f32" ? 4 : 2)
+            guard ["f16", "bf16", "f32"].contains(t.dtype), t.bytes == size,
+                  t.offset >= header.residentOffset, t.offset + t.bytes <= header.residentOffset + header.residentBytes else {
+                throw FormatError(path, "resident tensor '\(t.name)' has an inconsistent type, size or offset")
+            }
+            r[t.name] = i
+        }
+        residentIndex = r
+        var x: [String: (Int, Int)] = [:]
+        let q = header.quantization
+        for (i, e) in header.experts.enumerated() {
+            guard e.levelBytes.count == q.bits.count, e.levelCRC32.count == q.bits.count else {
+                throw FormatError(path, "expert (\(e.layer), \(e.expert)) has \(e.levelBytes.count) levels, the file says \(q.bits.count)")
+            }
+            let baseBits = q.bits[0]
+            var expected = [Int](repeating: 0, count: q.bits.count)
+            for m in e.matrices {
+                guard m.rows > 0, m.cols > 0, m.cols % q.group == 0 else { throw FormatError(path, "matrix '\(m.name)' has a bad shape") }
+                expected[0] += MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: q.group, baseBits: baseBits)
+                for k in 1..<q.bits.count { expected[k] += MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: q.group) }
+                x[m.name] = (i, x.count)
+            }
+            guard expected == e.levelBytes else { throw FormatError(path, "expert (\(e.layer), \(e.expert)) level sizes do not match its matrices") }
+            guard e.offset % 4096 == 0, e.offset >= 0, e.offset + e.levelBytes.reduce(0, +) <= file.size else {
+                throw FormatError(path, "expert (\(e.layer), \(e.expert)) record [offset \(e.offset)] extends past the end of the file (\(file.size) bytes)")
+            }
+        }
+        expertIndex = x.mapValues { ($0.0, $0.1) }
+    }
+
+    public func residentTensor(_ name: String) -> MWQHeader.ResidentTensor? { residentIndex[name].map { header.resident[$0] } }
+
+    /// The expert record holding matrix `name`, if it is quantized.
+    public func expertRecord(containing name: String) -> MWQHeader.ExpertRecord? {
+        expertIndex[name].map { header.experts[$0.record] }
+    }
+
+    /// A resident tensor as float32.
+    public func floats(_ name: String) throws -> [Float] {
+        guard let t = residentTensor(name) else { throw FormatError(path, "no resident tensor '\(name)'") }
+        let b = try file.bytes(at: t.offset, count: t.bytes, what: name)
+        let n = t.shape.reduce(1, *)
+        switch t.dtype {
+        case "f32": return (0..<n).map { Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
+        case "f16": return (0..<n).map { Float(Float16(bitPattern: UInt16(littleEndian: b.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)))) }
+        default: return (0..<n).map { Float(bitPattern: UInt32(UInt16(littleEndian: b.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) << 16) }
+        }
+    }
+
+    /// The bytes of levels 1...`level` of a record, checked against their CRC-32s.
+    public func verifiedPrefix(_ e: MWQHeader.ExpertRecord, level: Int) throws -> UnsafeRawBufferPointer {
+        let bytes = try file.bytes(at: e.offset, count: e.prefixBytes(level: level), what: "expert (\(e.layer), \(e.expert))")
+        var at = 0
+        for k in 0..<level {
+            let part = UnsafeRawBufferPointer(rebasing: bytes[at..<(at + e.levelBytes[k])])
+            guard CRC32.checksum(part) == e.levelCRC32[k] else {
+                throw FormatError(path, "expert (\(e.layer), \(e.expert)) level \(k + 1) checksum mismatch (the file is corrupt)")
+            }
+            at += e.levelBytes[k]
+        }
+        return bytes
+    }
+
+    /// Matrix `name` with levels 1...`level`, parsed from the record (checksums verified).
+    public func matrix(_ name: String, level: Int) throws -> MWQMatrix {
+        guard let (ri, _) = expertIndex[name] else { throw FormatError(path, "no quantized matrix '\(name)'") }
+        let e = header.experts[ri], q = header.quantization
+        guard (1...q.bits.count).contains(level) else { throw FormatError(path, "level \(level) is outside 1...\(q.bits.count)") }
+        let bytes = try verifiedPrefix(e, level: level)
+        var levels: [MWQMatrix.MWQLevel] = []
+        var levelStart = 0
+        for k in 0..<level {
+            var at = levelStart
+            for m in e.matrices {
+                let n = k == 0 ? MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0])
+                    : MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: q.group)
+                if m.name == name {
+                    levels.append(try MWQMatrix.level(k, from: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]),
+                                                      rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0]))
+                }
+                at += n
+            }
+            levelStart += e.levelBytes[k]
+        }
+        let m = e.matrices.first { $0.name == name }!
+        return MWQMatrix(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0], levels: levels)
+    }
+}
+
+/// CRC-32 (IEEE 802.3, as zlib), table-driven.
+public enum CRC32 {
+    private static let table: [UInt32] = (0..<256).map { i in
+        var c = UInt32(i)
+        for _ in 0..<8 { c = c & 1 == 1 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    public static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        table.withUnsafeBufferPointer { t in
+            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+        }
+        return c ^ 0xFFFF_FFFF
+    }
+
+    public static func checksum(_ bytes: [UInt8]) -> UInt32 { bytes.withUnsafeBytes { checksum($0) } }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+import D2MoE
+import Foundation
+
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a model as an MWQ container (nested bit-width experts; dense FFNs count as one expert per layer).")
+
+    @Option(name: .long, help: "Source: a GGUF file or a Hugging Face folder.")
+    var model: String
+
+    @Option(name: .long, help: "Output .mwq file (written atomically).")
+    var out: String
+
+    @Option(name: .long, help: "v1 = {2,3,4} bits, v2 = {5,6,7,8}, mwqA-B (e.g. mwq3-6), or rtnN (independent round-to-nearest at N bits).")
+    var scheme: String = "v1"
+
+    @Option(name: .long, help: "Group size along the input dimension: 32, 64 or 128.")
+    var group: Int = 128
+
+    @Option(name: .long, help: "Element type of resident matrices: f16, bf16 or f32.")
+    var resident: String = "f16"
+
+    @Option(name: .long, help: "Calibration text for activation-fitted scales (not implemented yet: min/max and mean-|R| scales are used).")
+    var calib: String?
+
+    @Flag(name: .long, help: "Print each quantized tensor.")
+    var verbose = false
+
+    func run() throws {
+        guard [32, 64, 128].contains(group) else { throw ValidationError("--group must be 32, 64 or 128") }
+        guard ["f16", "bf16", "f32"].contains(resident) else { throw ValidationError("--resident must be f16, bf16 or f32 (q8 is not implemented yet)") }
+        if calib != nil { throw ValidationError("--calib is not implemented yet; omit it for min/max scales") }
+        do {
+            let scheme = try MWQConverter.Scheme(self.scheme)
+            let s = try MWQConverter.convert(model: model, to: out, scheme: scheme, group: group, resident: resident) { line in
+                if verbose || line.hasPrefix("group") { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+            }
+            var total = 0
+            let levels = zip(scheme.bits, s.expertBytesPerLevel).map { bits, bytes -> String in
+                total += bytes
+                return String(format: "%d bits: %@ (%.3f bits/weight)", bits, formatBytes(total), Double(total) * 8 / Double(max(1, s.quantizedWeights)))
+            }
+            print("\(out): \(s.expertRecords) expert records, \(s.quantizedWeights) quantized weights, group \(s.group), resident \(formatBytes(s.residentBytes))")
+            for l in levels { print("  " + l) }
+            print(String(format: "  %.1f s", s.seconds))
+        } catch {
+            fail(String(describing: error))
+        }
+    }
+}
