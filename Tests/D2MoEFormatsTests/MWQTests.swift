@@ -1,0 +1,139 @@
+import Foundation
+import Testing
+import D2MoEFormats
+
+/// The MWQ matrix format and the .mwq container: sizes, round trips, nesting, corruption.
+struct MWQTests {
+    /// Deterministic pseudo-random weights with a few outliers, like real checkpoints.
+    static func weights(_ n: Int, seed: UInt64) -> [Float] {
+        var s = seed
+        return (0..<n).map { i in
+            s = s &* 6364136223846793005 &+ 1442695040888963407
+            let u = Float(s >> 40) / Float(1 << 24) - 0.5
+            return i % 97 == 0 ? u * 0.5 : u * 0.05
+        }
+    }
+
+    static func quantize(_ w: [Float], rows: Int, cols: Int, group: Int, base: Int, signs: Int, search: Bool = true) throws -> MWQMatrix {
+        try w.withUnsafeBufferPointer { try MWQMatrix.quantize($0, rows: rows, cols: cols, group: group, baseBits: base, signLevels: signs, search: search) }
+    }
+
+    static func mse(_ a: [Float], _ b: [Float]) -> Double {
+        zip(a, b).reduce(0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) } / Double(a.count)
+    }
+
+    @Test(arguments: [32, 64, 128], [1, 2, 3, 4, 5, 8])
+    func sizesMatchTheDocumentedLayout(group: Int, base: Int) throws {
+        let rows = 3, cols = group * 2
+        let m = try Self.quantize(Self.weights(rows * cols, seed: 1), rows: rows, cols: cols, group: group, base: base, signs: 2)
+        #expect(m.levelBytes(0).count == MWQMatrix.baseByteCount(rows: rows, cols: cols, group: group, baseBits: base))
+        #expect(m.levelBytes(0).count == rows * cols * base / 8 + rows * (cols / group) * 4)
+        #expect(m.levelBytes(1).count == MWQMatrix.signByteCount(rows: rows, cols: cols, group: group))
+        // Bits per weight at level k: b₁ + (k−1) + (32 + 16(k−1))/group, up to the 4-byte padding.
+        let bpw = Double(m.levelBytes(0).count + m.levelBytes(1).count + m.levelBytes(2).count) * 8 / Double(rows * cols)
+        let documented = Double(base + 2) + Double(32 + 32) / Double(group)
+        #expect(abs(bpw - documented) < 32.0 / Double(rows * cols))
+    }
+
+    @Test func levelsRoundTripThroughTheirBytes() throws {
+        let m = try Self.quantize(Self.weights(5 * 256, seed: 2), rows: 5, cols: 256, group: 64, base: 3, signs: 3)
+        for k in 0..<m.levels.count {
+            let bytes = m.levelBytes(k)
+            let parsed = try bytes.withUnsafeBytes { try MWQMatrix.level(k, from: $0, rows: 5, cols: 256, group: 64, baseBits: 3) }
+            #expect(parsed == m.levels[k])
+        }
+        #expect(throws: FormatError.self) {
+            try [UInt8](repeating: 0, count: 10).withUnsafeBytes { try MWQMatrix.level(0, from: $0, rows: 5, cols: 256, group: 64, baseBits: 3) }
+        }
+    }
+
+    /// Each added level lowers the error, and a lower level is exactly the prefix of a higher one:
+    /// quantizing with fewer sign levels gives the same bytes for the levels both have.
+    @Test func levelsNestAndEachOneHelps() throws {
+        let w = Self.weights(16 * 256, seed: 3)
+        let full = try Self.quantize(w, rows: 16, cols: 256, group: 128, base: 2, signs: 2)
+        var previous = Double.infinity
+        for level in 1...3 {
+            let e = Self.mse(full.dequantize(level: level), w)
+            #expect(e < previous * 0.8, "level \(level): \(e) vs \(previous)")
+            previous = e
+        }
+        // Plain min/max bases do not depend on the level count, so the prefix property is exact.
+        let a = try Self.quantize(w, rows: 16, cols: 256, group: 128, base: 2, signs: 2, search: false)
+        let b = try Self.quantize(w, rows: 16, cols: 256, group: 128, base: 2, signs: 1, search: false)
+        #expect(Array(a.levels.prefix(2)) == b.levels)
+    }
+
+    /// Independent round-to-nearest at 8 bits is close to the weights (error ≈ step²/12).
+    @Test func eightBitBaseIsNearExact() throws {
+        let w = Self.weights(4 * 128, seed: 4)
+        let m = try Self.quantize(w, rows: 4, cols: 128, group: 32, base: 8, signs: 0)
+        let d = m.dequantize(level: 1)
+        let maxError = zip(d, w).map { abs($0 - $1) }.max()!
+        #expect(maxError < 0.5 * 1.0 / 255 * 1.01 + 1e-3)
+    }
+
+    @Test func badShapesAreRejected() {
+        let w = [Float](repeating: 0, count: 100)
+        #expect(throws: FormatError.self) { try Self.quantize(w, rows: 1, cols: 100, group: 32, base: 2, signs: 0) }
+        #expect(throws: FormatError.self) { try Self.quantize(w, rows: 1, cols: 100, group: 48, base: 2, signs: 0) }
+        #expect(throws: FormatError.self) { try Self.quantize([Float](repeating: 0, count: 64), rows: 1, cols: 64, group: 32, base: 9, signs: 0) }
+    }
+
+    static func writeSample(_ path: String) throws -> (MWQMatrix, [Float]) {
+        let m = try quantize(weights(8 * 128, seed: 5), rows: 8, cols: 128, group: 64, base: 2, signs: 2)
+        let resident = weights(300, seed: 6)
+        var writer = MWQWriter(modelType: "llama", config: .object(["hidden_size": .int(128)]), tokenizer: .object(["kind": .string("none")]),
+                               quantization: .init(scheme: "v1", bits: [2, 3, 4], group: 64, scales: "minmax", resident: "f16"))
+        try writer.addResident("norm.weight", shape: [300], values: resident, dtype: "f32")
+        try writer.addResident("embed.weight", shape: [3, 100], values: resident, dtype: "f16")
+        try writer.addExpert(layer: 0, expert: 1, matrices: [("a.weight", m), ("b.weight", m)])
+        try writer.write(to: path)
+        return (m, resident)
+    }
+
+    @Test func containerRoundTrip() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("mwq-\(UUID().uuidString).mwq").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (m, resident) = try Self.writeSample(path)
+        let file = try MWQFile(path: path)
+        #expect(try file.floats("norm.weight") == resident)
+        #expect(try file.floats("embed.weight") == resident.map { Float(Float16($0)) })
+        let record = try #require(file.expertRecord(containing: "b.weight"))
+        #expect(record.offset % 4096 == 0 && record.layer == 0 && record.expert == 1)
+        #expect(record.levelBytes == m.levels.indices.map { 2 * m.levelBytes($0).count })
+        for level in 1...3 {
+            let back = try file.matrix("b.weight", level: level)
+            #expect(back.levels == Array(m.levels.prefix(level)))
+        }
+        // Level k is a byte prefix of the record: level 1 of both matrices, then level 2 of both.
+        let prefix = try file.verifiedPrefix(record, level: 2)
+        #expect(Array(prefix[0..<m.levelBytes(0).count]) == m.levelBytes(0))
+        #expect(Array(prefix[(2 * m.levelBytes(0).count)...].prefix(m.levelBytes(1).count)) == m.levelBytes(1))
+        #expect(throws: FormatError.self) { try file.matrix("b.weight", level: 4) }
+        #expect(throws: FormatError.self) { try file.matrix("c.weight", level: 1) }
+    }
+
+    /// Damaged files give errors that name the problem.
+    @Test(arguments: ["magic", "version", "header", "resident", "expert", "truncated"])
+    func corruptFilesAreRejected(_ damage: String) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("mwq-\(UUID().uuidString).mwq").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        _ = try Self.writeSample(path)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let header = try MWQFile(path: path).header
+        let expected: String
+        switch damage {
+        case "magic": bytes[0] = 0x58; expected = "bad magic"
+        case "version": bytes[8] = 9; expected = "version 9"
+        case "header": bytes[20] = 0x7B; expected = "not valid JSON"
+        case "resident": bytes[header.residentOffset + 5] ^= 0xFF; expected = "resident section checksum"
+        case "expert": bytes[header.experts[0].offset + 3] ^= 0x01; expected = "level 1 checksum"
+        default: bytes = Array(bytes.prefix(header.experts[0].offset + 100)); expected = "past the end"
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect { let f = try MWQFile(path: path); _ = try f.matrix("a.weight", level: 3) } throws: { error in
+            "\(error)".contains(expected)
+        }
+    }
+}

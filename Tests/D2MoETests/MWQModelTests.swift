@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+import D2MoE
+
+/// SmolLM2 written as .mwq files and run from them: every FFN is one expert record.
+@Suite(.serialized, .enabled(if: TestPaths.exists(TestPaths.smolLM2) && TestPaths.exists(TestPaths.wikitext),
+                             "SKIP: SmolLM2 or WikiText-2 absent; run scripts/setup"))
+struct MWQModelTests {
+    static let directory = FileManager.default.temporaryDirectory.appendingPathComponent("d2moe-mwq-tests")
+
+    /// Converted once per test run.
+    static func converted(_ scheme: String) throws -> String {
+        let path = directory.appendingPathComponent("smollm2-\(scheme).mwq").path
+        if !FileManager.default.fileExists(atPath: path) {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            _ = try MWQConverter.convert(model: TestPaths.smolLM2, to: path, scheme: try MWQConverter.Scheme(scheme))
+        }
+        return path
+    }
+
+    static func perplexity(_ path: String, bits: Int? = nil) throws -> Double {
+        let engine = try Engine.load(path: path, options: LoadOptions(contextLength: 512, bits: bits))
+        let text = try String(contentsOfFile: TestPaths.wikitext, encoding: .utf8)
+        return try Perplexity.evaluate(engine: engine, text: String(text.prefix(40_000)), context: 512, maxChunks: 3).perplexity
+    }
+
+    /// 8-bit round-to-nearest experts (resident weights in float16) stay within 1% of the source.
+    @Test func eightBitFileMatchesTheSourceModel() throws {
+        let reference = try Self.perplexity(TestPaths.smolLM2)
+        let mwq = try Self.perplexity(try Self.converted("rtn8"))
+        #expect(abs(mwq - reference) / reference < 0.01, "rtn8 \(mwq) vs source \(reference)")
+    }
+
+    /// One v1 file serves 4, 3 and 2 bits; fewer bits, higher perplexity.
+    @Test func oneFileServesEveryLevel() throws {
+        let path = try Self.converted("v1")
+        let p4 = try Self.perplexity(path, bits: 4), p3 = try Self.perplexity(path, bits: 3), p2 = try Self.perplexity(path, bits: 2)
+        #expect(p4 < p3 && p3 < p2, "4: \(p4), 3: \(p3), 2: \(p2)")
+        #expect(p4 < 40, "4-bit perplexity \(p4)")
+    }
+
+    @Test func tokenizerAndChatTemplateTravelInTheFile() throws {
+        let mwq = try Engine.loadTokenizerBundle(path: try Self.converted("rtn8"))
+        let gguf = try Engine.loadTokenizerBundle(path: TestPaths.smolLM2)
+        let text = "Hello <|im_start|>world 12345 😀"
+        #expect(mwq.tokenizer.encode(text, addSpecial: true, parseSpecial: true) == gguf.tokenizer.encode(text, addSpecial: true, parseSpecial: true))
+        #expect(mwq.chatTemplateSource == gguf.chatTemplateSource)
+    }
+
+    @Test func bitsOutsideTheFileAndOnOtherFormatsAreClearErrors() throws {
+        let wrong = try runCLI(["run", "--model", try Self.converted("v1"), "--bits", "5", "--prompt", "x", "--max-tokens", "1"])
+        #expect(wrong.status != 0 && wrong.stderr.contains("--bits 5 is not stored in this file (it holds 2, 3, 4 bits)"))
+        let gguf = try runCLI(["run", "--model", TestPaths.smolLM2, "--bits", "4", "--prompt", "x", "--max-tokens", "1"])
+        #expect(gguf.status != 0 && gguf.stderr.contains("--bits applies to .mwq files"))
+        let scheme = try runCLI(["quantize", "--model", TestPaths.smolLM2, "--out", "/tmp/never.mwq", "--scheme", "v9"])
+        #expect(scheme.status != 0 && scheme.stderr.contains("unknown scheme 'v9'"))
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/never.mwq"))
+    }
+}
