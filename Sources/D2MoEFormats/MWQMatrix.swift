@@ -59,13 +59,15 @@ public struct MWQMatrix: Sendable, Equatable {
     /// mean |residual| of the group. Scales are rounded to float16 before the codes and residuals
     /// are computed, so what is stored is exactly what was optimised.
     public static func quantize(_ weights: UnsafeBufferPointer<Float>, rows: Int, cols: Int, group: Int,
-                                baseBits: Int, signLevels: Int, search: Bool = true) throws -> MWQMatrix {
+                                baseBits: Int, signLevels: Int, search: Bool = true,
+                                importance: [Float]? = nil) throws -> MWQMatrix {
         guard [32, 64, 128, 256].contains(group) else { throw FormatError("MWQ", "group size \(group) must be 32, 64, 128 or 256") }
         guard cols % group == 0 else { throw FormatError("MWQ", "\(cols) columns are not a multiple of the group size \(group)") }
         guard (1...8).contains(baseBits), signLevels >= 0, baseBits + signLevels <= 16 else {
             throw FormatError("MWQ", "base bits \(baseBits) with \(signLevels) sign levels is out of range")
         }
         guard weights.count == rows * cols else { throw FormatError("MWQ", "\(weights.count) weights for \(rows)×\(cols)") }
+        if let importance, importance.count != cols { throw FormatError("MWQ", "\(importance.count) importance weights for \(cols) columns") }
         let G = cols / group, n32 = group / 32
         var base = MWQLevel(planes: [UInt32](repeating: 0, count: rows * G * baseBits * n32), scales: [UInt16](repeating: 0, count: rows * G * 2))
         var signs = (0..<signLevels).map { _ in MWQLevel(planes: [UInt32](repeating: 0, count: rows * G * n32), scales: [UInt16](repeating: 0, count: rows * G)) }
@@ -74,7 +76,8 @@ public struct MWQMatrix: Sendable, Equatable {
         for r in 0..<rows {
             for j in 0..<G {
                 let w = UnsafeBufferPointer(rebasing: weights[(r * cols + j * group)..<(r * cols + (j + 1) * group)])
-                let (s, m) = fitBase(w, maxCode: maxCode, search: search, signLevels: signLevels)
+                let h = importance.map { Array($0[(j * group)..<((j + 1) * group)]) } ?? [Float](repeating: 1, count: group)
+                let (s, m) = fitBase(w, h, maxCode: maxCode, search: search, signLevels: signLevels)
                 let sf = float(s), mf = float(m)
                 base.scales[2 * (r * G + j)] = s
                 base.scales[2 * (r * G + j) + 1] = m
@@ -87,10 +90,12 @@ public struct MWQMatrix: Sendable, Equatable {
                     }
                     residual[c] = w[c] - (sf * q + mf)
                 }
+                let hSum = max(h.reduce(0, +), .leastNormalMagnitude)
                 for k in 0..<signLevels {
+                    // The (importance-weighted) mean |R|: the least-squares scale for B = sign(R).
                     var meanAbs: Float = 0
-                    for c in 0..<group { meanAbs += abs(residual[c]) }
-                    let sk = half(meanAbs / Float(group)), skf = float(sk)
+                    for c in 0..<group { meanAbs += h[c] * abs(residual[c]) }
+                    let sk = half(meanAbs / hSum), skf = float(sk)
                     signs[k].scales[r * G + j] = sk
                     for c in 0..<group {
                         if residual[c] >= 0 {
@@ -111,12 +116,15 @@ public struct MWQMatrix: Sendable, Equatable {
     /// "Best" balances every level: the sum over levels of log squared error, since a base that
     /// only minimises its own error leaves residuals the sign levels fit worse (measured: 4-bit
     /// perplexity rose while 2-bit fell).
-    static func fitBase(_ w: UnsafeBufferPointer<Float>, maxCode: Float, search: Bool, signLevels: Int) -> (UInt16, UInt16) {
+    /// `h`: each column's importance (the calibration inputs' mean square, DESIGN §3.2.3's
+    /// ‖WX − ŴX‖² under a diagonal approximation; all ones without calibration).
+    static func fitBase(_ w: UnsafeBufferPointer<Float>, _ h: [Float], maxCode: Float, search: Bool, signLevels: Int) -> (UInt16, UInt16) {
         var lo = w[0], hi = w[0]
         for v in w { lo = min(lo, v); hi = max(hi, v) }
         let plain = (half((hi - lo) / maxCode), half(lo))
         guard search, hi > lo else { return plain }
         var r = [Float](repeating: 0, count: w.count)
+        let hSum = max(h.reduce(0, +), .leastNormalMagnitude)
         func error(_ s: UInt16, _ m: UInt16) -> Float {
             let sf = float(s), mf = float(m)
             guard sf > 0, sf.isFinite, mf.isFinite else { return .infinity }
@@ -124,15 +132,15 @@ public struct MWQMatrix: Sendable, Equatable {
             for (i, v) in w.enumerated() {
                 let q = min(max(((v - mf) / sf).rounded(), 0), maxCode)
                 r[i] = v - (sf * q + mf)
-                e += r[i] * r[i]
+                e += h[i] * r[i] * r[i]
             }
             var total = log(e + 1e-30)
             for _ in 0..<signLevels {
                 var meanAbs: Float = 0
-                for x in r { meanAbs += abs(x) }
-                let sk = float(half(meanAbs / Float(r.count)))
+                for i in r.indices { meanAbs += h[i] * abs(r[i]) }
+                let sk = float(half(meanAbs / hSum))
                 var ek: Float = 0
-                for i in r.indices { r[i] += r[i] >= 0 ? -sk : sk; ek += r[i] * r[i] }
+                for i in r.indices { r[i] += r[i] >= 0 ? -sk : sk; ek += h[i] * r[i] * r[i] }
                 total += log(ek + 1e-30)
             }
             return total
@@ -143,12 +151,12 @@ public struct MWQMatrix: Sendable, Equatable {
             let alpha = 1 - Float(step) * 0.05
             let l = centre - alpha * range / 2, s0 = alpha * range / maxCode
             // Codes for this range, then the least-squares (s, m) for those codes.
-            var sq: Float = 0, sqq: Float = 0, sw: Float = 0, sqw: Float = 0
-            for v in w {
+            var sq: Float = 0, sqq: Float = 0, sw: Float = 0, sqw: Float = 0, n: Float = 0
+            for (i, v) in w.enumerated() {
                 let q = min(max(((v - l) / s0).rounded(), 0), maxCode)
-                sq += q; sqq += q * q; sw += v; sqw += q * v
+                sq += h[i] * q; sqq += h[i] * q * q; sw += h[i] * v; sqw += h[i] * q * v; n += h[i]
             }
-            let n = Float(w.count), det = n * sqq - sq * sq
+            let det = n * sqq - sq * sq
             guard det > 0 else { continue }
             let s = (n * sqw - sq * sw) / det, m = (sw - s * sq) / n
             for candidate in [(half(s0), half(l)), (half(s), half(m))] {

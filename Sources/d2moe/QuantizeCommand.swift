@@ -21,8 +21,11 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Element type of resident matrices: f16, bf16 or f32.")
     var resident: String = "f16"
 
-    @Option(name: .long, help: "Calibration text for activation-fitted scales (not implemented yet: min/max and mean-|R| scales are used).")
+    @Option(name: .long, help: "Calibration text: scales fitted to minimise the output error on its activations (dense models).")
     var calib: String?
+
+    @Option(name: .long, help: "Calibration tokens to use.")
+    var calibTokens: Int = 4096
 
     @Flag(name: .long, help: "Print each quantized tensor.")
     var verbose = false
@@ -30,11 +33,15 @@ struct Quantize: ParsableCommand {
     func run() throws {
         guard [32, 64, 128].contains(group) else { throw ValidationError("--group must be 32, 64 or 128") }
         guard ["f16", "bf16", "f32"].contains(resident) else { throw ValidationError("--resident must be f16, bf16 or f32 (q8 is not implemented yet)") }
-        if calib != nil { throw ValidationError("--calib is not implemented yet; omit it for min/max scales") }
         do {
             let scheme = try MWQConverter.Scheme(self.scheme)
-            let s = try MWQConverter.convert(model: model, to: out, scheme: scheme, group: group, resident: resident) { line in
-                if verbose || line.hasPrefix("group") { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+            let text = try calib.map { path -> String in
+                guard let t = try? String(contentsOfFile: path, encoding: .utf8) else { throw ModelError("cannot read '\(path)' as UTF-8 text") }
+                return t
+            }
+            let s = try MWQConverter.convert(model: model, to: out, scheme: scheme, group: group, resident: resident,
+                                             calibrationText: text, calibrationTokens: calibTokens) { line in
+                if verbose || line.hasPrefix("group") || line.hasPrefix("calibration") { FileHandle.standardError.write(Data((line + "\n").utf8)) }
             }
             var total = 0
             let levels = zip(scheme.bits, s.expertBytesPerLevel).map { bits, bytes -> String in

@@ -64,7 +64,8 @@ public enum MWQConverter {
     }
 
     public static func convert(model path: String, to out: String, scheme: Scheme, group requested: Int = 128,
-                               resident: String = "f16", progress: (String) -> Void = { _ in }) throws -> Summary {
+                               resident: String = "f16", calibrationText: String? = nil, calibrationTokens: Int = 4096,
+                               progress: (String) -> Void = { _ in }) throws -> Summary {
         let start = Date()
         let source = try ModelLoader.source(path: path, options: LoadOptions())
         guard source.mwq == nil else { throw ModelError("\(path) is already an MWQ file") }
@@ -84,15 +85,25 @@ public enum MWQConverter {
                                quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "minmax", resident: resident))
         var summary = Summary(expertRecords: 0, quantizedWeights: 0, residentBytes: 0,
                               expertBytesPerLevel: Array(repeating: 0, count: scheme.bits.count), group: group, seconds: 0)
+        let importance = try calibrationText.map {
+            try columnImportance(path: path, text: $0, tokens: calibrationTokens, progress: progress)
+        }
+        if importance != nil { writer.header.quantization.scales = "calibrated" }
         var records: [String: [(name: String, matrix: MWQMatrix)]] = [:]
         var order: [(Int, Int)] = []
         for name in names {
             let shape = source.weights.shape(of: name) ?? []
             let values = try source.weights.floats(name)
             if let key = expertKey(name), shape.count == 2 {
+                // Inputs of gate/up are the FFN input; of down, the activations.
+                let isDown = name.hasSuffix("down_proj.weight") || name.hasSuffix("w2.weight")
+                let h = importance.map { isDown ? $0.activations[key.layer] : $0.inputs[key.layer] }
+                if importance != nil, key.expert != 0 || h?.count != shape[1] {
+                    throw ModelError("--calib supports dense models (each FFN one expert) for now; \(name) is a routed expert")
+                }
                 let m = try values.withUnsafeBufferPointer {
                     try MWQMatrix.quantize($0, rows: shape[0], cols: shape[1], group: group, baseBits: scheme.bits[0],
-                                           signLevels: scheme.bits.count - 1)
+                                           signLevels: scheme.bits.count - 1, importance: h)
                 }
                 let id = "\(key.layer).\(key.expert)"
                 if records[id] == nil { order.append(key) }
@@ -114,6 +125,49 @@ public enum MWQConverter {
         try writer.write(to: out)
         summary.seconds = Date().timeIntervalSince(start)
         return summary
+    }
+
+    /// Per layer, the mean square of each feed-forward input column and of each activation
+    /// entering the down projection, over `tokens` tokens of calibration text.
+    static func columnImportance(path: String, text: String, tokens count: Int, progress: (String) -> Void) throws
+        -> (inputs: [[Float]], activations: [[Float]]) {
+        let window = 512
+        let engine = try Engine.load(path: path, options: LoadOptions(contextLength: window))
+        let model = engine.model
+        let tokens = engine.tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+        let windows = min(tokens.count / window, max(1, count / window))
+        guard windows >= 1 else { throw ModelError("calibration text has \(tokens.count) tokens, fewer than one window of \(window)") }
+        let squares = SquareSums(layers: model.info.layerCount)
+        model.observer = squares
+        defer { model.observer = nil }
+        let cache = model.makeCache(capacity: window)
+        var logits = [Float](repeating: 0, count: model.info.vocabularySize)
+        for w in 0..<windows {
+            cache.clear()
+            let batch = (0..<window).map { BatchToken(sequence: 0, position: $0, token: tokens[w * window + $0], wantsLogits: $0 == window - 1) }
+            try logits.withUnsafeMutableBufferPointer { try model.forward(batch, caches: [cache], logits: $0.baseAddress!) }
+            progress("calibration window \(w + 1)/\(windows)")
+        }
+        guard squares.inputs.allSatisfy({ !$0.isEmpty }) else {
+            throw ModelError("--calib saw no dense feed-forward blocks (MoE experts are not calibrated yet)")
+        }
+        return (squares.inputs, squares.activations)
+    }
+
+    /// Accumulates Σx² per column of every layer's FFN input and activations.
+    final class SquareSums: FeedForwardObserver {
+        var inputs: [[Float]], activations: [[Float]]
+        init(layers: Int) {
+            inputs = Array(repeating: [], count: layers)
+            activations = Array(repeating: [], count: layers)
+        }
+        func observe(layer: Int, input: UnsafePointer<Float>, activations a: UnsafePointer<Float>, tokens: Int, hidden: Int, intermediate: Int) {
+            if inputs[layer].isEmpty { inputs[layer] = Array(repeating: 0, count: hidden); activations[layer] = Array(repeating: 0, count: intermediate) }
+            for t in 0..<tokens {
+                for c in 0..<hidden { let x = input[t * hidden + c]; inputs[layer][c] += x * x }
+                for c in 0..<intermediate { let x = a[t * intermediate + c]; activations[layer][c] += x * x }
+            }
+        }
     }
 
     static func jsonValue(_ any: Any) throws -> JSONValue {
