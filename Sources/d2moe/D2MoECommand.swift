@@ -27,13 +27,17 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "For .mwq files: serve every expert at N bits (one of the file's levels; default the highest).")
     var bits: Int?
 
+    @Flag(name: .long, help: "For .mwq files: dequantize experts to --dtype at load instead of computing on the packed bit-planes.")
+    var dequantize = false
+
     func load() throws -> Engine {
         guard let type = ElementType(rawValue: dtype) else {
             throw ValidationError("--dtype must be f32, f16 or bf16, got '\(dtype)'")
         }
         if let contextLength, contextLength < 1 { throw ValidationError("--ctx must be ≥ 1") }
-        return try Engine.load(path: model, options: LoadOptions(dtype: type, contextLength: contextLength,
-                                                                 expertsPerToken: expertsPerToken, bits: bits))
+        var options = LoadOptions(dtype: type, contextLength: contextLength, expertsPerToken: expertsPerToken, bits: bits)
+        options.dequantizeMWQ = dequantize
+        return try Engine.load(path: model, options: options)
     }
 }
 

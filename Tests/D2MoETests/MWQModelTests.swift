@@ -56,4 +56,22 @@ struct MWQModelTests {
         #expect(scheme.status != 0 && scheme.stderr.contains("unknown scheme 'v9'"))
         #expect(!FileManager.default.fileExists(atPath: "/tmp/never.mwq"))
     }
+
+    /// The packed bit-plane kernels give the logits of the same weights dequantized at load.
+    @Test(arguments: [2, 4])
+    func packedKernelsMatchDequantizedWeights(bits: Int) throws {
+        let path = try Self.converted("v1")
+        let packed = try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 64, bits: bits))
+        var plainOptions = LoadOptions(contextLength: 64, bits: bits)
+        plainOptions.dequantizeMWQ = true
+        let plain = try ModelLoader.loadModel(path: path, options: plainOptions)
+        #expect(packed.weightBytes < plain.weightBytes * 3 / 4, "the FFNs are 60% of the float model and 5 bits of 32 packed")
+        let ids: [Int32] = [1, 504, 3575, 282, 4649, 314, 2, 28, 300, 400, 9000, 17, 5, 8, 13, 21]
+        func logits(_ m: TransformerModel) throws -> [Float] {
+            let batch = ids.enumerated().map { BatchToken(sequence: 0, position: $0.offset, token: $0.element, wantsLogits: true) }
+            return try m.forward(batch, caches: [m.makeCache(capacity: 64)]).flatMap { $0 }
+        }
+        let a = try logits(packed), b = try logits(plain)
+        #expect(relativeError(a, b) < 1e-4, "packed vs dequantized: \(relativeError(a, b))")
+    }
 }

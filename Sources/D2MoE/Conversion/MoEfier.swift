@@ -86,6 +86,9 @@ public enum MoEfier {
         var coverage: [Double] = []
         for (l, layer) in model.layers.enumerated() {
             guard case .dense(let ffn) = layer.ffn else { continue }
+            guard let gateW = ffn.gate.dense, let upW = ffn.up.dense, let downW = ffn.down.dense else {
+                throw ModelError("\(source): MoEfication needs float feed-forward weights, not packed MWQ ones")
+            }
             let acts = recorder.activations[l], inputs = recorder.inputs[l]
             let clusters = NeuronClustering.cluster(activations: acts, tokens: n, neurons: ff, experts: e,
                                                     iterations: options.iterations, seed: options.seed &+ UInt64(l))
@@ -104,9 +107,9 @@ public enum MoEfier {
             gate.reserveCapacity(ff * hidden); up.reserveCapacity(ff * hidden); down.reserveCapacity(ff * hidden)
             for members in clusters {
                 for j in members {
-                    for c in 0..<hidden { gate.append(ffn.gate.weight.element(j, c)); up.append(ffn.up.weight.element(j, c)) }
+                    for c in 0..<hidden { gate.append(gateW.element(j, c)); up.append(upW.element(j, c)) }
                 }
-                for r in 0..<hidden { for j in members { down.append(ffn.down.weight.element(r, j)) } }
+                for r in 0..<hidden { for j in members { down.append(downW.element(r, j)) } }
             }
             // GGUF dimensions list the contiguous one first: [in, out, experts].
             writer.addTensor(name: "blk.\(l).ffn_gate_inp.weight", dimensions: [hidden, e], values: router)

@@ -104,7 +104,7 @@ public enum ModelLoader {
             throw ModelError("\(path): model_type '\(file.header.modelType)' is not supported")
         }
         guard let config = file.header.config.plain as? [String: Any] else { throw ModelError("\(path): the header's config is not an object") }
-        return Source(architecture: architecture, config: config, weights: MWQWeights(file: file, level: level),
+        return Source(architecture: architecture, config: config, weights: MWQWeights(file: file, level: level, packedKernels: !options.dequantizeMWQ),
                       gguf: nil, folder: nil, mwq: file)
     }
 }

@@ -1,29 +1,71 @@
 import D2MoEKernels
 
+/// An MWQ matrix served in place from its container at a fixed level.
+struct PackedMWQ: @unchecked Sendable {
+    let view: MWQMatrixView
+    /// 1-based level the products use.
+    let level: Int
+    /// Keeps the mapping the view points into alive.
+    let owner: AnyObject
+}
+
+/// A source that can hand out packed MWQ matrices instead of float ones.
+protocol PackedWeightSource: WeightSource {
+    /// The packed matrix `name`, nil when it is stored unquantized.
+    func packed(_ name: String) throws -> PackedMWQ?
+}
+
 /// A linear layer y = W·x (+ b) on a batch of token rows.
 struct Linear {
-    /// [outFeatures, inFeatures]
-    let weight: DenseMatrix
+    enum Storage {
+        /// [outFeatures, inFeatures]
+        case dense(DenseMatrix)
+        /// [outFeatures, inFeatures], computed on the packed bit-planes.
+        case mwq(PackedMWQ)
+    }
+
+    let storage: Storage
     /// [outFeatures], nil when the layer has no bias.
     let bias: [Float]?
 
-    var inFeatures: Int { weight.cols }
-    var outFeatures: Int { weight.rows }
+    var inFeatures: Int { switch storage { case .dense(let w): w.cols; case .mwq(let p): p.view.cols } }
+    var outFeatures: Int { switch storage { case .dense(let w): w.rows; case .mwq(let p): p.view.rows } }
+    /// The float matrix, nil for packed layers.
+    var dense: DenseMatrix? { if case .dense(let w) = storage { return w }; return nil }
+    /// Bytes one product reads.
+    var byteCount: Int { switch storage { case .dense(let w): w.byteCount; case .mwq(let p): p.view.byteCount(levels: p.level) } }
 
     init(_ source: WeightSource, _ prefix: String, out: Int, in inFeatures: Int, bias hasBias: Bool = false,
          options: LoadOptions) throws {
-        weight = try source.matrix(prefix + ".weight", rows: out, cols: inFeatures, dtype: options.dtype)
+        let name = prefix + ".weight"
+        if let packedSource = source as? PackedWeightSource, let p = try packedSource.packed(name) {
+            guard p.view.rows == out, p.view.cols == inFeatures else {
+                throw ModelError("\(source.origin): tensor '\(name)' has shape [\(p.view.rows), \(p.view.cols)], expected [\(out), \(inFeatures)]")
+            }
+            storage = .mwq(p)
+        } else {
+            storage = .dense(try source.matrix(name, rows: out, cols: inFeatures, dtype: options.dtype))
+        }
         bias = hasBias ? try source.vector(prefix + ".bias", count: out) : nil
     }
 
     init(weight: DenseMatrix, bias: [Float]? = nil) {
-        self.weight = weight
+        storage = .dense(weight)
         self.bias = bias
     }
 
     /// y: [tokens, out] = x: [tokens, in] · Wᵀ (+ b).
     func callAsFunction(_ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>) {
-        Kernels.matmul(weight, x, tokens: tokens, y)
+        switch storage {
+        case .dense(let w):
+            Kernels.matmul(w, x, tokens: tokens, y)
+        case .mwq(let p):
+            // Group sums are tiny (tokens × cols/group floats): stack space, not the heap.
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: tokens * p.view.groups) { sums in
+                MWQKernels.groupSums(x, tokens: tokens, cols: p.view.cols, group: p.view.group, into: sums.baseAddress!)
+                MWQKernels.matmul(p.view, levels: p.level, x, xsum: sums.baseAddress!, tokens: tokens, y)
+            }
+        }
         if let bias {
             bias.withUnsafeBufferPointer { b in
                 for t in 0..<tokens { Kernels.add(b.baseAddress!, y + t * outFeatures, n: outFeatures) }

@@ -15,7 +15,7 @@ public final class ResidentExperts: ExpertBackend, @unchecked Sendable {
 
     /// Bytes of expert weights held.
     public var byteCount: Int {
-        experts.joined().reduce(0) { $0 + $1.gate.weight.byteCount + $1.up.weight.byteCount + $1.down.weight.byteCount }
+        experts.joined().reduce(0) { $0 + $1.gate.byteCount + $1.up.byteCount + $1.down.byteCount }
     }
 
     public func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes,

@@ -79,14 +79,14 @@ public final class TransformerModel: @unchecked Sendable {
 
     /// Attention, dense feed-forward, router and shared-expert matrices of all layers.
     private var layerBytes: Int {
-        func bytes(_ f: FeedForward) -> Int { f.gate.weight.byteCount + f.up.weight.byteCount + f.down.weight.byteCount }
+        func bytes(_ f: FeedForward) -> Int { f.gate.byteCount + f.up.byteCount + f.down.byteCount }
         var total = 0
         for layer in layers {
             let a = layer.attention
-            total += [a.q, a.k, a.v, a.o].reduce(0) { $0 + $1.weight.byteCount }
+            total += [a.q, a.k, a.v, a.o].reduce(0) { $0 + $1.byteCount }
             switch layer.ffn {
             case .dense(let f): total += bytes(f)
-            case .sparse(let m): total += m.router.weight.byteCount + (m.sharedExpert.map(bytes) ?? 0)
+            case .sparse(let m): total += m.router.byteCount + (m.sharedExpert.map(bytes) ?? 0)
             }
         }
         return total

@@ -30,6 +30,9 @@ public struct LoadOptions: Sendable {
     /// For `.mwq` files: serve every expert at this many bits (one of the file's levels); nil
     /// serves the highest level.
     public var bits: Int?
+    /// For `.mwq` files: dequantize experts to `dtype` at load instead of computing on the packed
+    /// bit-planes (the plain path the kernels are checked against).
+    public var dequantizeMWQ = false
 
     public init(dtype: ElementType = .f32, contextLength: Int? = nil, expertsPerToken: Int? = nil, bits: Int? = nil) {
         self.dtype = dtype
