@@ -27,6 +27,9 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Calibration tokens to use.")
     var calibTokens: Int = 4096
 
+    @Flag(name: .long, help: "With --calib: GPTQ-style error compensation through the inverse Hessian (slower).")
+    var gptq = false
+
     @Flag(name: .long, help: "Print each quantized tensor.")
     var verbose = false
 
@@ -40,7 +43,7 @@ struct Quantize: ParsableCommand {
                 return t
             }
             let s = try MWQConverter.convert(model: model, to: out, scheme: scheme, group: group, resident: resident,
-                                             calibrationText: text, calibrationTokens: calibTokens) { line in
+                                             calibrationText: text, calibrationTokens: calibTokens, gptq: gptq) { line in
                 if verbose || line.hasPrefix("group") || line.hasPrefix("calibration") { FileHandle.standardError.write(Data((line + "\n").utf8)) }
             }
             var total = 0

@@ -137,3 +137,37 @@ struct MWQTests {
         }
     }
 }
+
+/// GPTQ-style compensation lowers the output error ‖(W − Ŵ)X‖ on correlated inputs.
+struct MWQGPTQTests {
+    @Test func compensationLowersTheOutputError() throws {
+        let rows = 16, cols = 64, n = 256
+        let w = MWQTests.weights(rows * cols, seed: 11)
+        // Correlated inputs: each column mixes its neighbours.
+        let z = MWQTests.weights(n * cols, seed: 12).map { $0 * 20 }
+        var x = [Float](repeating: 0, count: n * cols)
+        for t in 0..<n { for c in 0..<cols { x[t * cols + c] = z[t * cols + c] + 0.8 * z[t * cols + (c + 1) % cols] + 0.5 * z[t * cols + (c + 2) % cols] } }
+        var h = [Double](repeating: 0, count: cols * cols)
+        for t in 0..<n { for i in 0..<cols { for j in 0..<cols { h[i * cols + j] += Double(x[t * cols + i] * x[t * cols + j]) } } }
+        let diagonal = (0..<cols).map { Float(h[$0 * cols + $0]) }
+        func outputError(_ m: MWQMatrix, level: Int) -> Double {
+            let d = m.dequantize(level: level)
+            var e = 0.0
+            for t in 0..<n {
+                for r in 0..<rows {
+                    var s = 0.0
+                    for c in 0..<cols { s += Double((w[r * cols + c] - d[r * cols + c]) * x[t * cols + c]) }
+                    e += s * s
+                }
+            }
+            return e
+        }
+        let plain = try w.withUnsafeBufferPointer { try MWQMatrix.quantize($0, rows: rows, cols: cols, group: 32, baseBits: 2, signLevels: 1, importance: diagonal) }
+        let gptq = try w.withUnsafeBufferPointer { try MWQMatrix.quantizeGPTQ($0, rows: rows, cols: cols, group: 32, baseBits: 2, signLevels: 1, hessian: h) }
+        #expect(outputError(gptq, level: 2) < 0.9 * outputError(plain, level: 2),
+                "gptq \(outputError(gptq, level: 2)) vs diagonal \(outputError(plain, level: 2))")
+        #expect(throws: FormatError.self) {
+            try w.withUnsafeBufferPointer { try MWQMatrix.quantizeGPTQ($0, rows: rows, cols: cols, group: 32, baseBits: 2, signLevels: 1, hessian: [1, 2]) }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import D2MoEFormats
+import D2MoEKernels
 
 /// Writes a model as an MWQ container: routed experts (or, in dense models, each layer's FFN as
 /// one expert) quantized to nested bit-widths, everything else resident.
@@ -65,7 +66,7 @@ public enum MWQConverter {
 
     public static func convert(model path: String, to out: String, scheme: Scheme, group requested: Int = 128,
                                resident: String = "f16", calibrationText: String? = nil, calibrationTokens: Int = 4096,
-                               progress: (String) -> Void = { _ in }) throws -> Summary {
+                               gptq: Bool = false, progress: (String) -> Void = { _ in }) throws -> Summary {
         let start = Date()
         let source = try ModelLoader.source(path: path, options: LoadOptions())
         guard source.mwq == nil else { throw ModelError("\(path) is already an MWQ file") }
@@ -85,10 +86,11 @@ public enum MWQConverter {
                                quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "minmax", resident: resident))
         var summary = Summary(expertRecords: 0, quantizedWeights: 0, residentBytes: 0,
                               expertBytesPerLevel: Array(repeating: 0, count: scheme.bits.count), group: group, seconds: 0)
+        if gptq && calibrationText == nil { throw ModelError("GPTQ compensation needs calibration text (--calib)") }
         let importance = try calibrationText.map {
-            try columnImportance(path: path, text: $0, tokens: calibrationTokens, progress: progress)
+            try columnImportance(path: path, text: $0, tokens: calibrationTokens, gram: gptq, progress: progress)
         }
-        if importance != nil { writer.header.quantization.scales = "calibrated" }
+        if importance != nil { writer.header.quantization.scales = gptq ? "calibrated+gptq" : "calibrated" }
         var records: [String: [(name: String, matrix: MWQMatrix)]] = [:]
         var order: [(Int, Int)] = []
         for name in names {
@@ -101,9 +103,14 @@ public enum MWQConverter {
                 if importance != nil, key.expert != 0 || h?.count != shape[1] {
                     throw ModelError("--calib supports dense models (each FFN one expert) for now; \(name) is a routed expert")
                 }
-                let m = try values.withUnsafeBufferPointer {
-                    try MWQMatrix.quantize($0, rows: shape[0], cols: shape[1], group: group, baseBits: scheme.bits[0],
-                                           signLevels: scheme.bits.count - 1, importance: h)
+                let m = try values.withUnsafeBufferPointer { v -> MWQMatrix in
+                    if gptq, let stats = importance {
+                        let gram = isDown ? stats.activationGram[key.layer] : stats.inputGram[key.layer]
+                        return try MWQMatrix.quantizeGPTQ(v, rows: shape[0], cols: shape[1], group: group, baseBits: scheme.bits[0],
+                                                          signLevels: scheme.bits.count - 1, hessian: gram)
+                    }
+                    return try MWQMatrix.quantize(v, rows: shape[0], cols: shape[1], group: group, baseBits: scheme.bits[0],
+                                                  signLevels: scheme.bits.count - 1, importance: h)
                 }
                 let id = "\(key.layer).\(key.expert)"
                 if records[id] == nil { order.append(key) }
@@ -129,15 +136,15 @@ public enum MWQConverter {
 
     /// Per layer, the mean square of each feed-forward input column and of each activation
     /// entering the down projection, over `tokens` tokens of calibration text.
-    static func columnImportance(path: String, text: String, tokens count: Int, progress: (String) -> Void) throws
-        -> (inputs: [[Float]], activations: [[Float]]) {
+    static func columnImportance(path: String, text: String, tokens count: Int, gram: Bool, progress: (String) -> Void) throws
+        -> (inputs: [[Float]], activations: [[Float]], inputGram: [[Double]], activationGram: [[Double]]) {
         let window = 512
         let engine = try Engine.load(path: path, options: LoadOptions(contextLength: window))
         let model = engine.model
         let tokens = engine.tokenizer.encode(text, addSpecial: false, parseSpecial: false)
         let windows = min(tokens.count / window, max(1, count / window))
         guard windows >= 1 else { throw ModelError("calibration text has \(tokens.count) tokens, fewer than one window of \(window)") }
-        let squares = SquareSums(layers: model.info.layerCount)
+        let squares = SquareSums(layers: model.info.layerCount, gram: gram)
         model.observer = squares
         defer { model.observer = nil }
         let cache = model.makeCache(capacity: window)
@@ -151,17 +158,39 @@ public enum MWQConverter {
         guard squares.inputs.allSatisfy({ !$0.isEmpty }) else {
             throw ModelError("--calib saw no dense feed-forward blocks (MoE experts are not calibrated yet)")
         }
-        return (squares.inputs, squares.activations)
+        return (squares.inputs, squares.activations, squares.inputGram, squares.activationGram)
     }
 
-    /// Accumulates Σx² per column of every layer's FFN input and activations.
+    /// Accumulates Σx² per column of every layer's FFN input and activations, and (`gram`) the
+    /// whole XᵀX, for GPTQ.
     final class SquareSums: FeedForwardObserver {
         var inputs: [[Float]], activations: [[Float]]
-        init(layers: Int) {
+        var inputGram: [[Double]], activationGram: [[Double]]
+        let gram: Bool
+        init(layers: Int, gram: Bool) {
             inputs = Array(repeating: [], count: layers)
             activations = Array(repeating: [], count: layers)
+            inputGram = Array(repeating: [], count: layers)
+            activationGram = Array(repeating: [], count: layers)
+            self.gram = gram
         }
+
+        /// acc += XᵀX for X [tokens × d], with the float matrix kernel (Xᵀ as both operands).
+        static func addGram(_ x: UnsafePointer<Float>, tokens: Int, d: Int, into acc: inout [Double]) {
+            if acc.isEmpty { acc = Array(repeating: 0, count: d * d) }
+            var t = [Float](repeating: 0, count: d * tokens)
+            for n in 0..<tokens { for c in 0..<d { t[c * tokens + n] = x[n * d + c] } }
+            let m = DenseMatrix.make(rows: d, cols: tokens, values: t, dtype: .f32)
+            var y = [Float](repeating: 0, count: d * d)
+            t.withUnsafeBufferPointer { tp in y.withUnsafeMutableBufferPointer { Kernels.matmul(m, tp.baseAddress!, tokens: d, $0.baseAddress!) } }
+            for i in 0..<(d * d) { acc[i] += Double(y[i]) }
+        }
+
         func observe(layer: Int, input: UnsafePointer<Float>, activations a: UnsafePointer<Float>, tokens: Int, hidden: Int, intermediate: Int) {
+            if gram {
+                Self.addGram(input, tokens: tokens, d: hidden, into: &inputGram[layer])
+                Self.addGram(a, tokens: tokens, d: intermediate, into: &activationGram[layer])
+            }
             if inputs[layer].isEmpty { inputs[layer] = Array(repeating: 0, count: hidden); activations[layer] = Array(repeating: 0, count: intermediate) }
             for t in 0..<tokens {
                 for c in 0..<hidden { let x = input[t * hidden + c]; inputs[layer][c] += x * x }
