@@ -24,24 +24,77 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: [.customShort("r"), .long], help: "Repetitions; the mean and standard deviation are reported.")
     var repetitions: Int = 3
 
-    @Flag(name: .long, help: "Print one JSON object.")
+    @Option(name: .long, help: "Sequences run in lockstep, or a comma-separated sweep (1,8,32): pp and tg tokens/s count all of them.")
+    var requests: String = "1"
+
+    @Option(name: .long, help: "A comma-separated sweep of --memory-budget values (25%,50%); the model is loaded once per budget.")
+    var budgets: String?
+
+    @Flag(name: .long, help: "With --memory-budget: per-layer expert statistics.")
+    var perLayer = false
+
+    @Flag(name: .long, help: "Print one JSON object (a JSON array for a sweep).")
     var json = false
 
     func run() async throws {
+        let counts = requests.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !counts.isEmpty, counts.allSatisfy({ $0 != nil && $0! >= 1 }) else {
+            throw ValidationError("--requests must be positive integers separated by commas, got '\(requests)'")
+        }
+        let budgetList: [String?] = budgets.map { $0.split(separator: ",").map { String($0) } } ?? [modelOptions.memoryBudget]
+        guard counts.count > 1 || budgetList.count > 1 else {
+            try single(modelOptions, requests: counts[0]!)
+            return
+        }
+        var results: [SpeedBenchmark.Result] = []
+        if !json { print("budget      requests   pp t/s    tg t/s   peak RSS    expert MiB read/tok  hit ratio") }
+        for budget in budgetList {
+            var options = modelOptions
+            options.memoryBudget = budget
+            let engine: Engine
+            do { engine = try options.load() } catch { fail(String(describing: error)) }
+            for n in counts {
+                let r: SpeedBenchmark.Result
+                do {
+                    r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
+                                               repetitions: repetitions, requests: n!)
+                } catch { fail(String(describing: error)) }
+                results.append(r)
+                if !json {
+                    let steps = Double(max(1, repetitions) * (generateTokens + (promptTokens > 0 ? 1 : 0)))
+                    let readPerStep = r.experts.map { Double($0.total.bytesRead) / 1_048_576 / steps } ?? 0
+                    let hits = r.experts.map { "[" + $0.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]" } ?? "-"
+                    print((budget ?? "resident").padding(toLength: 12, withPad: " ", startingAt: 0)
+                          + String(format: "%8d %8.1f %9.2f %10@ %14.1f      %@", n!, r.promptTokensPerSecond, r.generationTokensPerSecond,
+                                   formatBytes(r.peakResidentBytes), readPerStep, hits))
+                }
+            }
+        }
+        if json { printJSON(results) }
+    }
+
+    private func single(_ modelOptions: ModelOptions, requests: Int) throws {
         do {
             let engine = try modelOptions.load()
             let result = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                                repetitions: repetitions)
+                                                repetitions: repetitions, requests: requests)
             if json {
                 printJSON(result)
             } else {
+                if requests > 1 { print("\(requests) sequences in lockstep; tokens/s count all of them") }
                 print(String(format: "model %@ | weights %@ | threads %d", modelOptions.model, formatBytes(result.weightBytes), result.threads))
                 print(String(format: "pp%d: %.1f ± %.1f tokens/s", promptTokens, result.promptTokensPerSecond, result.promptStdDev))
                 print(String(format: "tg%d: %.1f ± %.1f tokens/s", generateTokens, result.generationTokensPerSecond, result.generationStdDev))
                 print(String(format: "generation reads %.1f MB of weights per token: %.1f GB/s = %.0f%% of the measured read bandwidth (%.1f GB/s)",
                              Double(result.weightBytesPerToken) / 1e6, result.generationGBPerSecond,
                              100 * result.bandwidthFraction, result.readBandwidth / 1e9))
-                print("peak resident memory \(formatBytes(result.peakResidentBytes))")
+                print("peak resident memory \(formatBytes(result.peakResidentBytes)) | KV cache \(formatBytes(result.kvCacheBytes))")
+                if let experts = result.experts {
+                    print(experts.summary(perLayer: perLayer))
+                    let t = experts.total
+                    print(String(format: "pipeline efficiency: wall / max(I/O busy, compute busy) = %.2f",
+                                 t.wall / max(t.ioBusy, t.computeBusy, 1e-9)))
+                }
             }
         } catch {
             fail(String(describing: error))

@@ -30,6 +30,27 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .long, help: "For .mwq files: dequantize experts to --dtype at load instead of computing on the packed bit-planes.")
     var dequantize = false
 
+    @Option(name: .long, help: "For .mwq files with routed experts: stream them through a pool of at most this many bytes (512MiB, 2GiB, 1.5GB, or 25% of the experts' bytes); everything else stays resident.")
+    var memoryBudget: String?
+
+    @Option(name: .long, help: "With --memory-budget: O_DIRECT reads that bypass the page cache (on|off; falls back to buffered reads where the file system refuses).")
+    var directIO: String = "on"
+
+    @Option(name: .long, help: "With --memory-budget: reads in flight at once.")
+    var ioThreads: Int = 4
+
+    @Option(name: .long, help: "With --memory-budget: which resident piece to drop for room: layer (the paper's rule: the layer just computed first, high levels before low), lru, lfu.")
+    var eviction: String = "layer"
+
+    @Option(name: .long, help: "With --memory-budget: the level of each (token, expert): uniform (every expert at --bits) or gate (HOBBIT's rule: by the expert's share of the token's gate scores, see --gate-thresholds).")
+    var bitPolicy: String = "uniform"
+
+    @Option(name: .long, help: "With --bit-policy gate: cumulative gate-score shares T1,T2 below which an expert runs at the highest level and one level lower; the rest at the lowest.")
+    var gateThresholds: String = "0.6,0.9"
+
+    @Option(name: .long, help: "With --memory-budget: the order missing pieces are read in: hebf (hottest expert's next level first) or id (expert id order, all levels of an expert together).")
+    var loadOrder: String = "hebf"
+
     func load() throws -> Engine {
         guard let type = ElementType(rawValue: dtype == "q8" ? "q8_0" : dtype) else {
             throw ValidationError("--dtype must be f32, f16, bf16 or q8, got '\(dtype)'")
@@ -37,7 +58,37 @@ struct ModelOptions: ParsableArguments {
         if let contextLength, contextLength < 1 { throw ValidationError("--ctx must be ≥ 1") }
         var options = LoadOptions(dtype: type, contextLength: contextLength, expertsPerToken: expertsPerToken, bits: bits)
         options.dequantizeMWQ = dequantize
+        options.streaming = try streaming()
         return try Engine.load(path: model, options: options)
+    }
+}
+
+extension ModelOptions {
+    /// The expert streaming options, nil without --memory-budget.
+    func streaming() throws -> ExpertStreaming? {
+        guard let memoryBudget else { return nil }
+        var s = ExpertStreaming(budget: try MemoryBudget(parsing: memoryBudget))
+        switch directIO {
+        case "on", "true", "yes": s.directIO = true
+        case "off", "false", "no": s.directIO = false
+        default: throw ValidationError("--direct-io must be on or off, got '\(directIO)'")
+        }
+        guard (1...64).contains(ioThreads) else { throw ValidationError("--io-threads must be in 1...64") }
+        s.ioThreads = ioThreads
+        guard EvictionPolicies.names.contains(eviction) else {
+            throw ValidationError("--eviction must be one of \(EvictionPolicies.names.joined(separator: ", ")), got '\(eviction)'")
+        }
+        s.eviction = eviction
+        guard ["uniform", "gate"].contains(bitPolicy) else { throw ValidationError("--bit-policy must be uniform or gate, got '\(bitPolicy)'") }
+        s.bitPolicy = bitPolicy
+        let thresholds = gateThresholds.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard !thresholds.isEmpty, thresholds.allSatisfy({ $0 != nil && $0! > 0 && $0! <= 1 }) else {
+            throw ValidationError("--gate-thresholds must be numbers in (0, 1] separated by commas, got '\(gateThresholds)'")
+        }
+        s.gateThresholds = thresholds.map { $0! }
+        guard let order = LoadOrder(rawValue: loadOrder) else { throw ValidationError("--load-order must be hebf or id, got '\(loadOrder)'") }
+        s.order = order
+        return s
     }
 }
 

@@ -21,45 +21,59 @@ public enum SpeedBenchmark {
         /// Generation speed as a fraction of the bandwidth limit (bytes per token ÷ bandwidth).
         public var bandwidthFraction: Double
         public var peakResidentBytes: Int
+        /// Sequences run in lockstep: pp processes all their prompts in one pass, each tg step
+        /// decodes one token of every sequence; tokens/s count all sequences.
+        public var requests: Int = 1
+        /// Streamed experts (with a memory budget): what the measured rounds read and computed.
+        public var experts: ExpertStreamStats?
+        /// KV-cache bytes of all sequences.
+        public var kvCacheBytes: Int = 0
     }
 
-    public static func run(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int) throws -> Result {
+    public static func run(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int = 1) throws -> Result {
         try onComputeThread { try measure(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                          repetitions: repetitions) }
+                                          repetitions: repetitions, requests: requests) }
     }
 
-    static func measure(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int) throws -> Result {
+    static func measure(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int) throws -> Result {
         let model = engine.model
         guard promptTokens + generateTokens <= engine.contextLength else {
             throw GenerationError.promptTooLong(tokens: promptTokens + generateTokens, context: engine.contextLength)
         }
+        guard requests >= 1 else { throw GenerationError.invalidParameter("requests must be ≥ 1") }
         var generator = SeededGenerator(seed: 42)
         let vocab = model.info.vocabularySize
-        let cache = model.makeCache(capacity: engine.contextLength)
-        var logits = [Float](repeating: 0, count: vocab)
+        let capacity = promptTokens + generateTokens
+        let caches = (0..<requests).map { _ in model.makeCache(capacity: max(capacity, 1)) }
+        var logits = [Float](repeating: 0, count: vocab * requests)
         var pp: [Double] = [], tg: [Double] = []
+        let streamed = model.experts as? StreamingExperts
         // One warm-up round, then the measured ones.
         for round in 0...max(1, repetitions) {
-            let tokens = (0..<max(promptTokens, 1)).map { _ in Int32.random(in: 0..<Int32(vocab), using: &generator) }
+            if round == 1 { streamed?.resetStats() }
+            let tokens = (0..<requests).map { _ in (0..<max(promptTokens, 1)).map { _ in Int32.random(in: 0..<Int32(vocab), using: &generator) } }
             if promptTokens > 0 {
-                cache.clear()
-                let batch = tokens.enumerated().map {
-                    BatchToken(sequence: 0, position: $0.offset, token: $0.element, wantsLogits: $0.offset == tokens.count - 1)
+                for c in caches { c.clear() }
+                var batch: [BatchToken] = []
+                for (s, prompt) in tokens.enumerated() {
+                    for (p, t) in prompt.enumerated() {
+                        batch.append(BatchToken(sequence: s, position: p, token: t, wantsLogits: p == prompt.count - 1))
+                    }
                 }
                 let start = DispatchTime.now()
-                try logits.withUnsafeMutableBufferPointer { try model.forward(batch, caches: [cache], logits: $0.baseAddress!) }
-                if round > 0 { pp.append(Double(promptTokens) / seconds(since: start)) }
+                try logits.withUnsafeMutableBufferPointer { try model.forward(batch, caches: caches, logits: $0.baseAddress!) }
+                if round > 0 { pp.append(Double(promptTokens * requests) / seconds(since: start)) }
             }
             if generateTokens > 0 {
-                cache.clear()
-                var token = tokens[0]
+                for c in caches { c.clear() }
+                var step = (0..<requests).map { BatchToken(sequence: $0, position: 0, token: tokens[$0][0], wantsLogits: true) }
                 let start = DispatchTime.now()
                 for position in 0..<generateTokens {
-                    let step = [BatchToken(sequence: 0, position: position, token: token, wantsLogits: true)]
-                    try logits.withUnsafeMutableBufferPointer { try model.forward(step, caches: [cache], logits: $0.baseAddress!) }
-                    token = Int32(position % vocab)
+                    for s in 0..<requests { step[s].position = position }
+                    try logits.withUnsafeMutableBufferPointer { try model.forward(step, caches: caches, logits: $0.baseAddress!) }
+                    for s in 0..<requests { step[s].token = Int32((position * 31 + s * 7919) % vocab) }
                 }
-                if round > 0 { tg.append(Double(generateTokens) / seconds(since: start)) }
+                if round > 0 { tg.append(Double(generateTokens * requests) / seconds(since: start)) }
             }
         }
         func meanStd(_ v: [Double]) -> (Double, Double) {
@@ -75,7 +89,8 @@ public enum SpeedBenchmark {
                       threads: model.pool.threadCount, weightBytes: model.weightBytes, weightBytesPerToken: perToken,
                       generationGBPerSecond: Double(perToken) * tgMean / 1e9, readBandwidth: bandwidth,
                       bandwidthFraction: Double(perToken) * tgMean / bandwidth,
-                      peakResidentBytes: ProcessMemory.peakResidentBytes)
+                      peakResidentBytes: ProcessMemory.peakResidentBytes, requests: requests, experts: streamed?.stats,
+                      kvCacheBytes: caches.reduce(0) { $0 + $1.byteCount })
     }
 }
 

@@ -12,6 +12,8 @@ final class MWQWeights: PackedWeightSource {
 
     /// Serve quantized matrices as packed planes (the kernels' path) rather than dequantized.
     let packedKernels: Bool
+    /// Routed experts come from the expert pool: the model build skips them.
+    var streamsRoutedExperts = false
     /// Offsets of the records whose served levels passed their checksums.
     private var verified = Set<Int>()
 

@@ -34,7 +34,17 @@ public enum ModelLoader {
         if source.mwq == nil, options.bits != nil {
             throw ModelError("\(path): --bits applies to .mwq files (make one with d2moe quantize)")
         }
-        let model = try source.architecture.build(ConfigReader(source.config, origin: "\(source.origin) (config)"), source.weights, options: options)
+        let config = ConfigReader(source.config, origin: "\(source.origin) (config)")
+        guard let streaming = options.streaming else {
+            return Opened(model: try source.architecture.build(config, source.weights, options: options), source: source)
+        }
+        guard let file = source.mwq, let weights = source.weights as? MWQWeights else {
+            throw ModelError("\(path): --memory-budget streams experts from .mwq files (make one with d2moe quantize)")
+        }
+        guard !options.dequantizeMWQ else { throw ModelError("--memory-budget computes on packed experts; drop --dequantize") }
+        weights.streamsRoutedExperts = true
+        let model = try source.architecture.build(config, weights, options: options)
+        model.experts = try StreamingExperts.make(for: model, file: file, config: config, options: options, streaming: streaming)
         return Opened(model: model, source: source)
     }
 

@@ -107,6 +107,8 @@ enum StandardBlocks {
     static func experts(_ w: WeightSource, prefix: String, count: Int, hidden: Int, intermediate: Int,
                         activation: FeedForward.Activation, options: LoadOptions,
                         names: (gate: String, up: String, down: String) = ("gate_proj", "up_proj", "down_proj")) throws -> [FeedForward] {
+        // Streamed experts are read by the expert pool, never mapped here.
+        if let mwq = w as? MWQWeights, mwq.streamsRoutedExperts { return [] }
         if w.contains("\(prefix).gate_up_proj") {
             let gateUp = try w.checkedFloats("\(prefix).gate_up_proj", shape: [count, 2 * intermediate, hidden])
             let down = try w.checkedFloats("\(prefix).down_proj", shape: [count, hidden, intermediate])

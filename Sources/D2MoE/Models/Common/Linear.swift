@@ -49,6 +49,12 @@ struct Linear {
         bias = hasBias ? try source.vector(prefix + ".bias", count: out) : nil
     }
 
+    /// A packed MWQ layer over memory someone else holds (the expert pool).
+    init(packed: PackedMWQ) {
+        storage = .mwq(packed)
+        bias = nil
+    }
+
     init(weight: DenseMatrix, bias: [Float]? = nil) {
         storage = .dense(weight)
         self.bias = bias

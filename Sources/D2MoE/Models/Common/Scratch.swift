@@ -5,7 +5,7 @@ import D2MoEKernels
 final class Scratch {
     enum Slot: Int, CaseIterable {
         case hidden, normed, query, key, value, attention, gate, up, ffnOut, router
-        case gathered, expertGate, expertUp, expertOut, sharedGate, scores, blockOut
+        case gathered, expertGate, expertUp, expertOut, sharedGate, scores, blockOut, expertSlots
     }
 
     private var buffers: [AlignedBuffer?] = Array(repeating: nil, count: Slot.allCases.count)

@@ -15,6 +15,13 @@ public struct ExpertRoutes: Sendable {
     public var probabilities: [Float]
 
     public var tokens: Int { topK == 0 ? 0 : experts.count / topK }
+
+    public init(topK: Int, experts: [Int32], weights: [Float], probabilities: [Float]) {
+        self.topK = topK
+        self.experts = experts
+        self.weights = weights
+        self.probabilities = probabilities
+    }
 }
 
 /// Computes routed experts. The model calls it with "these tokens need these experts"; the

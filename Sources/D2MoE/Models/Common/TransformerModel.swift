@@ -36,7 +36,7 @@ public final class TransformerModel: @unchecked Sendable {
     /// Final logits pass through c·tanh(x/c) when set.
     let finalSoftcap: Float?
     /// Routed experts of the MoE layers; nil for dense models.
-    public let experts: ExpertBackend?
+    public internal(set) var experts: ExpertBackend?
     /// Calibration hooks (see `FeedForwardObserver`).
     public var observer: FeedForwardObserver?
 

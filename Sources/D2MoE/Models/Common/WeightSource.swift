@@ -33,6 +33,9 @@ public struct LoadOptions: Sendable {
     /// For `.mwq` files: dequantize experts to `dtype` at load instead of computing on the packed
     /// bit-planes (the plain path the kernels are checked against).
     public var dequantizeMWQ = false
+    /// For `.mwq` files with routed experts: stream them through a budgeted pool instead of
+    /// mapping them all (nil keeps every expert resident).
+    public var streaming: ExpertStreaming?
 
     public init(dtype: ElementType = .f32, contextLength: Int? = nil, expertsPerToken: Int? = nil, bits: Int? = nil) {
         self.dtype = dtype
@@ -40,6 +43,26 @@ public struct LoadOptions: Sendable {
         self.expertsPerToken = expertsPerToken
         self.bits = bits
     }
+}
+
+/// How routed experts are streamed from an `.mwq` file (DESIGN §3.4).
+public struct ExpertStreaming: Sendable {
+    /// The pool's size.
+    public var budget: MemoryBudget
+    /// Bypass the page cache with O_DIRECT where the file system allows it.
+    public var directIO = true
+    /// Reads in flight at once.
+    public var ioThreads = 4
+    /// `--eviction`: layer (the paper's rule), lru or lfu.
+    public var eviction = "layer"
+    /// `--bit-policy`: uniform (every expert at `LoadOptions.bits`, default the highest level)
+    /// or gate (HOBBIT's gate-score thresholds).
+    public var bitPolicy = "uniform"
+    public var gateThresholds: [Double] = [0.6, 0.9]
+    /// The order missing pieces are read in.
+    public var order = LoadOrder.hebf
+
+    public init(budget: MemoryBudget) { self.budget = budget }
 }
 
 extension WeightSource {

@@ -1,0 +1,257 @@
+import Foundation
+
+/// The budgeted pool of expert pieces (DESIGN §3.4) and the I/O threads that fill it.
+///
+/// Accounting is by allocation: a piece's bytes count against the budget from the moment its
+/// read is admitted (before its buffer exists) until its buffer is unmapped, so the pool never
+/// holds more than `budget` bytes, not even while reads are in flight. Pinned pieces (being
+/// computed, or waiting for the rest of their expert) are never evicted.
+final class ExpertPool: @unchecked Sendable {
+    enum State { case loading, ready, failed(String) }
+
+    final class Entry {
+        let key: PieceKey
+        let buffer: PieceBuffer
+        /// Offset of the piece's first byte in `buffer`.
+        var dataOffset = 0
+        var state = State.loading
+        var pins = 1
+        var usage: PieceUsage
+        init(key: PieceKey, buffer: PieceBuffer, tick: UInt64) {
+            self.key = key
+            self.buffer = buffer
+            usage = PieceUsage(key: key, bytes: buffer.byteCount, lastUse: tick, uses: 0)
+        }
+        var data: UnsafeRawPointer { UnsafeRawPointer(buffer.base + dataOffset) }
+        var isReady: Bool { if case .ready = state { return true }; return false }
+    }
+
+    let budget: Int
+    let store: ExpertStore
+    let eviction: EvictionPolicy
+    /// The lock over everything below; I/O threads signal it when a read ends.
+    let lock = NSCondition()
+    private(set) var entries: [PieceKey: Entry] = [:]
+    /// Bytes allocated or admitted.
+    private(set) var used = 0
+    private(set) var peakUsed = 0
+    /// Monotonic use counter for recency.
+    private(set) var tick: UInt64 = 0
+    /// MoE layer being computed, for policies that look at layer distance.
+    var currentLayer = 0
+    let layerCount: Int
+
+    // I/O state, under `lock`.
+    private var queue: [Entry] = []
+    private var queueHead = 0
+    private var inFlight = 0
+    private var ioIntervalStart = DispatchTime.now().uptimeNanoseconds
+    private var ioBusyTotal: UInt64 = 0
+    private(set) var bytesRead = 0
+    private var stopped = false
+    private var threads: [Thread] = []
+
+    init(store: ExpertStore, budget: Int, eviction: EvictionPolicy, ioThreads: Int) {
+        self.store = store
+        self.budget = budget
+        self.eviction = eviction
+        layerCount = store.records.count
+        for i in 0..<max(1, ioThreads) {
+            // The threads keep the pool alive until `shutdown` (its owner's deinit) ends them.
+            let thread = Thread { self.ioLoop() }
+            thread.name = "d2moe-io-\(i)"
+            thread.stackSize = 256 << 10
+            threads.append(thread)
+            thread.start()
+        }
+    }
+
+    /// Ends the I/O threads; reads still queued are dropped.
+    func shutdown() {
+        lock.lock()
+        stopped = true
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    // MARK: Under the lock
+
+    /// The entry for `key` if it is loading or ready; a failed read is removed and thrown.
+    func entry(_ key: PieceKey) throws -> Entry? {
+        guard let e = entries[key] else { return nil }
+        if case .failed(let message) = e.state {
+            remove(e)
+            throw ModelError(message)
+        }
+        return e
+    }
+
+    func pin(_ e: Entry) {
+        e.pins += 1
+    }
+
+    func unpin(_ e: Entry) {
+        precondition(e.pins > 0, "unpinning an unpinned piece \(e.key)")
+        e.pins -= 1
+    }
+
+    /// Records a use of a piece for recency and frequency policies.
+    func touch(_ e: Entry) {
+        tick += 1
+        e.usage.lastUse = tick
+        e.usage.uses += 1
+    }
+
+    /// Makes room for `bytes` more by evicting unpinned ready pieces; false (evicting nothing
+    /// more than needed) when pinned pieces leave too little.
+    func reserve(_ bytes: Int) -> Bool {
+        guard bytes <= budget else { return false }
+        while used + bytes > budget {
+            let candidates = entries.values.filter { $0.pins == 0 && $0.isReady }
+            guard !candidates.isEmpty else { return false }
+            let usages = candidates.map(\.usage)
+            let i = eviction.victim(among: usages, currentLayer: currentLayer, layerCount: layerCount)
+            remove(candidates[i])
+            evictions += 1
+        }
+        used += bytes
+        peakUsed = max(peakUsed, used)
+        return true
+    }
+
+    private(set) var evictions = 0
+
+    /// Starts reading `key` into bytes already reserved; the new entry is pinned once.
+    func startLoad(_ key: PieceKey) throws -> Entry {
+        let bytes = store.allocationBytes(key)
+        let buffer: PieceBuffer
+        do { buffer = try PieceBuffer(byteCount: bytes) } catch { used -= bytes; throw error }
+        let e = Entry(key: key, buffer: buffer, tick: tick)
+        entries[key] = e
+        queue.append(e)
+        lock.broadcast()
+        return e
+    }
+
+    /// Drops a piece and gives its bytes back.
+    func remove(_ e: Entry) {
+        guard entries[e.key] === e else { return }
+        entries[e.key] = nil
+        used -= e.buffer.byteCount
+    }
+
+    /// Cumulative time during which at least one read was in flight, up to now.
+    func ioBusyNanoseconds() -> UInt64 {
+        ioBusyTotal + (inFlight > 0 ? DispatchTime.now().uptimeNanoseconds - ioIntervalStart : 0)
+    }
+
+    var residentBytes: Int { used }
+
+    // MARK: I/O threads
+
+    private func ioLoop() {
+        lock.lock()
+        while true {
+            while queueHead == queue.count && !stopped { lock.wait() }
+            if stopped { break }
+            let e = queue[queueHead]
+            queueHead += 1
+            if queueHead > 1024 && queueHead * 2 > queue.count {
+                queue.removeFirst(queueHead)
+                queueHead = 0
+            }
+            if inFlight == 0 { ioIntervalStart = DispatchTime.now().uptimeNanoseconds }
+            inFlight += 1
+            lock.unlock()
+            let result = Result { try store.read(e.key, into: e.buffer) }
+            lock.lock()
+            inFlight -= 1
+            if inFlight == 0 { ioBusyTotal += DispatchTime.now().uptimeNanoseconds - ioIntervalStart }
+            switch result {
+            case .success(let offset):
+                e.dataOffset = offset
+                e.state = .ready
+                bytesRead += store.pieceBytes(e.key)
+            case .failure(let error):
+                e.state = .failed(String(describing: error))
+            }
+            lock.broadcast()
+        }
+        lock.unlock()
+    }
+}
+
+/// What an eviction policy sees of a resident piece.
+public struct PieceUsage: Sendable {
+    public var key: PieceKey
+    /// Bytes it occupies.
+    public var bytes: Int
+    /// Tick of its last use (higher is more recent).
+    public var lastUse: UInt64
+    /// Uses since it was loaded.
+    public var uses: Int
+}
+
+/// Chooses which resident, unpinned piece to drop when the pool needs room.
+public protocol EvictionPolicy: Sendable {
+    /// The `--eviction` name.
+    var name: String { get }
+    /// Index into `candidates` (never empty) of the piece to evict. `currentLayer` is the MoE
+    /// layer being computed, of `layerCount`.
+    func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int
+}
+
+/// The paper's rule: the layer whose turn comes last (the one just computed) goes first, its high
+/// levels before its low ones; least recently used among equals.
+public struct LayerDistanceEviction: EvictionPolicy {
+    public init() {}
+    public var name: String { "layer" }
+    public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
+        func rank(_ u: PieceUsage) -> (Int, Int, UInt64) {
+            // Layers until this piece's layer runs again (0: the current one).
+            let until = (u.key.layer - currentLayer + layerCount) % max(layerCount, 1)
+            return (until, u.key.level, UInt64.max - u.lastUse)
+        }
+        var best = 0
+        for i in 1..<candidates.count where rank(candidates[i]) > rank(candidates[best]) { best = i }
+        return best
+    }
+}
+
+/// Least recently used.
+public struct LRUEviction: EvictionPolicy {
+    public init() {}
+    public var name: String { "lru" }
+    public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
+        var best = 0
+        for i in 1..<candidates.count where candidates[i].lastUse < candidates[best].lastUse { best = i }
+        return best
+    }
+}
+
+/// Least frequently used; least recently used among equals.
+public struct LFUEviction: EvictionPolicy {
+    public init() {}
+    public var name: String { "lfu" }
+    public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
+        var best = 0
+        for i in 1..<candidates.count {
+            let c = candidates[i], b = candidates[best]
+            if c.uses < b.uses || (c.uses == b.uses && c.lastUse < b.lastUse) { best = i }
+        }
+        return best
+    }
+}
+
+/// The eviction policies by `--eviction` name.
+public enum EvictionPolicies {
+    public static let names = ["layer", "lru", "lfu"]
+    public static func named(_ name: String) throws -> EvictionPolicy {
+        switch name {
+        case "layer": return LayerDistanceEviction()
+        case "lru": return LRUEviction()
+        case "lfu": return LFUEviction()
+        default: throw ModelError("unknown eviction policy '\(name)' (\(names.joined(separator: ", ")))")
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+
+/// What the streamed experts did, per MoE layer and in total (DESIGN §3.4: everything observable).
+/// Times are seconds summed over the steps measured.
+public struct ExpertStreamStats: Codable, Sendable {
+    public struct Layer: Codable, Sendable {
+        /// Bytes read from the file.
+        public var bytesRead = 0
+        /// [level-1]: pieces read, pieces found resident.
+        public var piecesRead: [Int]
+        public var hits: [Int]
+        /// Time at least one read was in flight during this layer's expert steps.
+        public var ioBusy = 0.0
+        /// Time computing expert groups.
+        public var computeBusy = 0.0
+        /// Time the compute thread waited for reads ("compute bubbles").
+        public var computeIdle = 0.0
+        /// Wall time of the expert steps; ioIdle = wall − ioBusy ("I/O bubbles").
+        public var wall = 0.0
+        /// (token, expert) pairs at each level.
+        public var expertTokens: [Int]
+
+        init(levels: Int) {
+            piecesRead = Array(repeating: 0, count: levels)
+            hits = Array(repeating: 0, count: levels)
+            expertTokens = Array(repeating: 0, count: levels)
+        }
+
+        public var ioIdle: Double { max(0, wall - ioBusy) }
+
+        mutating func add(_ o: Layer) {
+            bytesRead += o.bytesRead
+            for k in piecesRead.indices {
+                piecesRead[k] += o.piecesRead[k]; hits[k] += o.hits[k]; expertTokens[k] += o.expertTokens[k]
+            }
+            ioBusy += o.ioBusy; computeBusy += o.computeBusy; computeIdle += o.computeIdle; wall += o.wall
+        }
+    }
+
+    public var layers: [Layer]
+    /// Bits of each level, for reading `expertTokens`.
+    public var bits: [Int]
+    public var budgetBytes: Int
+    /// The pool's own accounting: its highest fill, and bytes resident now.
+    public var peakPoolBytes = 0
+    public var poolBytes = 0
+    public var evictions = 0
+    public var directIO: Bool
+    public var eviction: String
+    public var bitPolicy: String
+
+    init(layers: Int, bits: [Int], budget: Int, directIO: Bool, eviction: String, bitPolicy: String) {
+        self.layers = Array(repeating: Layer(levels: bits.count), count: layers)
+        self.bits = bits
+        budgetBytes = budget
+        self.directIO = directIO
+        self.eviction = eviction
+        self.bitPolicy = bitPolicy
+    }
+
+    public var total: Layer {
+        var t = Layer(levels: bits.count)
+        for l in layers { t.add(l) }
+        return t
+    }
+
+    /// Fraction of needed pieces found resident, per level.
+    public var hitRatio: [Double] {
+        let t = total
+        return t.hits.indices.map { k in
+            let n = t.hits[k] + t.piecesRead[k]
+            return n == 0 ? 0 : Double(t.hits[k]) / Double(n)
+        }
+    }
+
+    /// Average bits per (token, expert).
+    public var averageBits: Double {
+        let t = total.expertTokens
+        let n = t.reduce(0, +)
+        return n == 0 ? 0 : Double(zip(t, bits).reduce(0) { $0 + $1.0 * $1.1 }) / Double(n)
+    }
+
+    /// Lines for `--stats`.
+    public func summary(perLayer: Bool = false) -> String {
+        let t = total
+        func ms(_ s: Double) -> String { String(format: "%.1f ms", s * 1000) }
+        var lines = [
+            String(format: "experts: budget %@ (pool peak %@), %@ I/O, eviction %@, bits %@ (average %.2f bits)",
+                   mib(budgetBytes), mib(peakPoolBytes), directIO ? "direct" : "buffered", eviction, bitPolicy, averageBits),
+            String(format: "experts: read %@ in %d pieces %@, hit ratio per level %@, %d evictions",
+                   mib(t.bytesRead), t.piecesRead.reduce(0, +), "\(t.piecesRead)",
+                   "[" + hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]", evictions),
+            "experts: wall \(ms(t.wall)), I/O busy \(ms(t.ioBusy)) (idle \(ms(t.ioIdle))), compute busy \(ms(t.computeBusy)) (idle \(ms(t.computeIdle)))",
+        ]
+        if perLayer {
+            for (i, l) in layers.enumerated() {
+                lines.append(String(format: "  layer %2d: read %@ %@ hits %@ | wall %.1f ms, I/O busy %.1f, compute busy %.1f, compute idle %.1f",
+                                    i, mib(l.bytesRead), "\(l.piecesRead)", "\(l.hits)", l.wall * 1000, l.ioBusy * 1000,
+                                    l.computeBusy * 1000, l.computeIdle * 1000))
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    private func mib(_ n: Int) -> String { String(format: "%.1f MiB", Double(n) / 1_048_576) }
+}
+
+/// A memory budget as given on the command line: bytes (`512MiB`, `2GiB`, `1.5GB`, `4096`) or a
+/// fraction of the experts' bytes (`25%`).
+public enum MemoryBudget: Sendable, Equatable, CustomStringConvertible {
+    case bytes(Int)
+    case fraction(Double)
+
+    public init(parsing text: String) throws {
+        let s = text.trimmingCharacters(in: .whitespaces)
+        if s.hasSuffix("%") {
+            guard let v = Double(s.dropLast()), v > 0, v <= 100 else { throw ModelError("memory budget '\(text)': a percentage must be in (0, 100]") }
+            self = .fraction(v / 100)
+            return
+        }
+        let units: [(String, Double)] = [("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("TiB", 1_099_511_627_776),
+                                         ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12),
+                                         ("K", 1024), ("M", 1_048_576), ("G", 1_073_741_824), ("B", 1)]
+        var number = Substring(s), scale = 1.0
+        for (u, f) in units where s.hasSuffix(u) {
+            number = s.dropLast(u.count)
+            scale = f
+            break
+        }
+        guard let v = Double(number.trimmingCharacters(in: .whitespaces)), v > 0, v * scale < 1e18 else {
+            throw ModelError("memory budget '\(text)' is not a size (such as 512MiB, 2GiB, 1.5GB) or a percentage (25%)")
+        }
+        self = .bytes(Int(v * scale))
+    }
+
+    /// Bytes, given the total bytes of the experts.
+    public func bytes(ofExperts total: Int) -> Int {
+        switch self {
+        case .bytes(let b): return b
+        case .fraction(let f): return Int(Double(total) * f)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .bytes(let b): return "\(b) bytes"
+        case .fraction(let f): return String(format: "%g%% of the experts", f * 100)
+        }
+    }
+}

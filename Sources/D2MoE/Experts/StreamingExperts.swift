@@ -1,0 +1,324 @@
+import Foundation
+import D2MoEFormats
+import D2MoEKernels
+
+/// How expert pieces missing from the pool are queued for reading.
+public enum LoadOrder: String, Sendable, CaseIterable {
+    /// Hottest-expert-bit-first (DESIGN §3.4): repeatedly the next missing level of the expert
+    /// the most tokens still need.
+    case hebf
+    /// Expert id order, all levels of an expert together (the on-demand baselines).
+    case expertID = "id"
+}
+
+/// Routed experts streamed from an `.mwq` file through a budgeted pool (DESIGN §3.4): the MoE
+/// layer routes its tokens, the bit-width policy gives each (token, expert) a level, the missing
+/// pieces are read on I/O threads in `order`, and each (expert, level) group of tokens is
+/// computed as soon as the levels it needs are in, while the reads go on.
+///
+/// Expert outputs are summed per token in expert-id order, exactly as `ResidentExperts` does, so
+/// a budget changes what is read, never the logits.
+public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
+    let store: ExpertStore
+    let pool: ExpertPool
+    public let bitPolicy: BitWidthPolicy
+    public let order: LoadOrder
+    let activation: FeedForward.Activation
+    private let scratch = Scratch()
+    private var statsStorage: ExpertStreamStats
+    private let statsLock = NSLock()
+
+    init(store: ExpertStore, budget: Int, eviction: EvictionPolicy, bitPolicy: BitWidthPolicy, order: LoadOrder,
+         activation: FeedForward.Activation, ioThreads: Int) {
+        self.store = store
+        pool = ExpertPool(store: store, budget: budget, eviction: eviction, ioThreads: ioThreads)
+        self.bitPolicy = bitPolicy
+        self.order = order
+        self.activation = activation
+        statsStorage = ExpertStreamStats(layers: store.records.count, bits: store.file.header.quantization.bits, budget: budget,
+                                         directIO: store.directIO, eviction: eviction.name, bitPolicy: bitPolicy.name)
+    }
+
+    deinit { pool.shutdown() }
+
+    /// Bytes of every expert at every level in the file.
+    public var expertBytes: Int { store.totalBytes }
+    public var budget: Int { pool.budget }
+    /// Pool bytes of the largest expert at all its levels: the smallest budget that can run.
+    public var largestExpertBytes: Int {
+        var most = 0
+        for l in store.records.indices {
+            for e in 0..<store.expertCount {
+                most = max(most, (1...store.levels).reduce(0) { $0 + store.allocationBytes(PieceKey(layer: l, expert: e, level: $1)) })
+            }
+        }
+        return most
+    }
+    public var directIO: Bool { store.directIO }
+
+    /// Counters since the last `resetStats`.
+    public var stats: ExpertStreamStats {
+        statsLock.lock()
+        defer { statsLock.unlock() }
+        var s = statsStorage
+        pool.lock.lock()
+        s.peakPoolBytes = pool.peakUsed
+        s.poolBytes = pool.residentBytes
+        s.evictions = pool.evictions
+        pool.lock.unlock()
+        return s
+    }
+
+    public func resetStats() {
+        statsLock.lock()
+        statsStorage = ExpertStreamStats(layers: statsStorage.layers.count, bits: statsStorage.bits, budget: statsStorage.budgetBytes,
+                                         directIO: statsStorage.directIO, eviction: statsStorage.eviction, bitPolicy: statsStorage.bitPolicy)
+        statsLock.unlock()
+    }
+
+    /// Bytes the pool holds now (its own accounting).
+    public var poolBytes: Int {
+        pool.lock.lock()
+        defer { pool.lock.unlock() }
+        return pool.residentBytes
+    }
+
+    /// One (expert, level) group: the slots that run expert `expert` at `level`.
+    private struct Group {
+        let expert: Int
+        let level: Int
+        var slots: [Int]
+    }
+
+    public func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes,
+                        output out: UnsafeMutablePointer<Float>) throws {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let levelCount = store.levels, nExperts = store.expertCount, hidden = store.hidden
+        let topK = routes.topK, slots = routes.tokens * topK
+        var levels = [Int](repeating: levelCount, count: slots)
+        bitPolicy.levels(layer: layer, routes: routes, nExperts: nExperts, levelCount: levelCount, into: &levels)
+        var layerStats = ExpertStreamStats.Layer(levels: levelCount)
+        // B[e][k]: tokens of expert e at level k; tokens needing level k of e are those at ≥ k.
+        var groupIndex = [Int: Int](), groups: [Group] = []
+        var need = [Int](repeating: 0, count: nExperts)
+        var tokensAt = [[Int]](repeating: [Int](repeating: 0, count: levelCount + 1), count: nExperts)
+        for s in 0..<slots {
+            let e = Int(routes.experts[s]), l = levels[s]
+            guard e >= 0, e < nExperts, l >= 1, l <= levelCount else { throw ModelError("expert \(e) at level \(l) is out of range") }
+            let key = e * (levelCount + 1) + l
+            if let g = groupIndex[key] { groups[g].slots.append(s) } else {
+                groupIndex[key] = groups.count
+                groups.append(Group(expert: e, level: l, slots: [s]))
+            }
+            need[e] = max(need[e], l)
+            tokensAt[e][l] += 1
+            layerStats.expertTokens[l - 1] += 1
+        }
+        let experts = (0..<nExperts).filter { need[$0] > 0 }
+        func needing(_ e: Int, _ k: Int) -> Int { tokensAt[e][k...].reduce(0, +) }
+
+        // The order missing pieces are read in, from the pool as it is now.
+        pool.lock.lock()
+        pool.currentLayer = layer
+        var missing: [PieceKey] = []
+        var missingPerExpert = [Int: [Int]]()
+        for e in experts {
+            for k in 1...need[e] where pool.entries[PieceKey(layer: layer, expert: e, level: k)] == nil {
+                missingPerExpert[e, default: []].append(k)
+            }
+        }
+        pool.lock.unlock()
+        switch order {
+        case .expertID:
+            for e in experts { for k in missingPerExpert[e] ?? [] { missing.append(PieceKey(layer: layer, expert: e, level: k)) } }
+        case .hebf:
+            var heads = missingPerExpert.mapValues { _ in 0 }
+            while true {
+                var best: (e: Int, tokens: Int)?
+                for (e, ks) in missingPerExpert where heads[e]! < ks.count {
+                    let n = needing(e, ks[heads[e]!])
+                    if best == nil || n > best!.tokens || (n == best!.tokens && e < best!.e) { best = (e, n) }
+                }
+                guard let b = best else { break }
+                missing.append(PieceKey(layer: layer, expert: b.e, level: missingPerExpert[b.e]![heads[b.e]!]))
+                heads[b.e]! += 1
+            }
+        }
+        var rank = [PieceKey: Int]()
+        for (i, key) in missing.enumerated() { rank[key] = i }
+        // Experts are admitted (their missing pieces reserved and queued) in the order of their
+        // first missing piece; fully resident experts first, as they can run at once.
+        var firstMissing = [Int: Int]()
+        for (i, key) in missing.enumerated() where firstMissing[key.expert] == nil { firstMissing[key.expert] = i }
+        let pending = experts.sorted { (firstMissing[$0] ?? -1, $0) < (firstMissing[$1] ?? -1, $1) }
+        var pendingHead = 0
+        var pinned = [Int: [ExpertPool.Entry]]()  // expert → its pieces 1...need, pinned
+        var remainingGroups = [Int](repeating: 0, count: nExperts)
+        for g in groups { remainingGroups[g.expert] += 1 }
+        var done = [Bool](repeating: false, count: groups.count)
+        var doneCount = 0
+        let slotOut = scratch.floats(.expertSlots, max(slots, 1) * hidden)
+        var computeBusy: UInt64 = 0, computeIdle: UInt64 = 0
+
+        pool.lock.lock()
+        let ioStart = pool.ioBusyNanoseconds()
+        let bytesStart = pool.bytesRead
+        defer {
+            // On every exit (errors included) give back the pins this step holds.
+            for entries in pinned.values { for e in entries { pool.unpin(e) } }
+            pool.lock.unlock()
+        }
+
+        /// Pins the expert's resident pieces and reserves and queues its missing ones; false
+        /// (holding nothing) when the pool cannot make room now.
+        func admit(_ e: Int) throws -> Bool {
+            var held: [ExpertPool.Entry?] = []
+            var absent: [Int] = []
+            for k in 1...need[e] {
+                let key = PieceKey(layer: layer, expert: e, level: k)
+                if let entry = try pool.entry(key) { pool.pin(entry); held.append(entry) } else { held.append(nil); absent.append(k) }
+            }
+            let bytes = absent.reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
+            guard pool.reserve(bytes) else {
+                for case let entry? in held { pool.unpin(entry) }
+                return false
+            }
+            // Queue in the step's order; pieces evicted since planning go last.
+            let keys = absent.map { PieceKey(layer: layer, expert: e, level: $0) }
+                .sorted { (rank[$0] ?? Int.max, $0.level) < (rank[$1] ?? Int.max, $1.level) }
+            var started = [Int: ExpertPool.Entry]()
+            for key in keys {
+                started[key.level] = try pool.startLoad(key)
+                layerStats.piecesRead[key.level - 1] += 1
+            }
+            for k in 1...need[e] where held[k - 1] != nil { layerStats.hits[k - 1] += 1 }
+            pinned[e] = (1...need[e]).map { held[$0 - 1] ?? started[$0]! }
+            return true
+        }
+
+        while doneCount < groups.count {
+            // Admit as many waiting experts as the budget allows, in order.
+            while pendingHead < pending.count, try admit(pending[pendingHead]) { pendingHead += 1 }
+            // A group whose levels have all arrived, hottest expert first.
+            var ready: Int?
+            for (i, g) in groups.enumerated() where !done[i] {
+                guard let entries = pinned[g.expert] else { continue }
+                var ok = true
+                for k in 0..<g.level {
+                    let entry = entries[k]
+                    if case .failed(let message) = entry.state { throw ModelError(message) }
+                    if !entry.isReady { ok = false; break }
+                }
+                if ok { ready = i; break }
+            }
+            if let i = ready {
+                let g = groups[i], entries = pinned[g.expert]!
+                for k in 0..<g.level { pool.touch(entries[k]) }
+                pool.lock.unlock()
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                run(g, record: store.records[layer][g.expert], entries: entries, x: x, routes: routes, slotOut: slotOut)
+                computeBusy += DispatchTime.now().uptimeNanoseconds - t0
+                pool.lock.lock()
+                done[i] = true
+                doneCount += 1
+                remainingGroups[g.expert] -= 1
+                if remainingGroups[g.expert] == 0, let entries = pinned.removeValue(forKey: g.expert) {
+                    for e in entries { pool.unpin(e) }
+                }
+                continue
+            }
+            let loading = pinned.values.contains { $0.contains { !$0.isReady } }
+            if !loading {
+                guard pendingHead < pending.count else { throw ModelError("expert step of MoE layer \(layer) made no progress") }
+                let e = pending[pendingHead]
+                let bytes = (1...need[e]).reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
+                throw ModelError("the memory budget (\(pool.budget) bytes) cannot hold expert \(e) of MoE layer \(layer) at level \(need[e]) (\(bytes) bytes) beside \(pool.residentBytes) pinned bytes")
+            }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            pool.lock.wait()
+            computeIdle += DispatchTime.now().uptimeNanoseconds - t0
+        }
+        layerStats.ioBusy = Double(pool.ioBusyNanoseconds() - ioStart) / 1e9
+        layerStats.bytesRead = pool.bytesRead - bytesStart
+        // Sum per token in expert-id order, as ResidentExperts does (the lock is released by the defer).
+        for e in experts {
+            for s in 0..<slots where Int(routes.experts[s]) == e {
+                Kernels.axpy(routes.weights[s], slotOut + s * hidden, out + (s / topK) * hidden, n: hidden)
+            }
+        }
+        layerStats.computeBusy = Double(computeBusy) / 1e9
+        layerStats.computeIdle = Double(computeIdle) / 1e9
+        layerStats.wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        statsLock.lock()
+        statsStorage.layers[layer].add(layerStats)
+        statsLock.unlock()
+    }
+
+    /// Computes one group's tokens through the expert at its level, into their slot rows.
+    private func run(_ g: Group, record r: ExpertStore.Record, entries: [ExpertPool.Entry], x: UnsafePointer<Float>,
+                     routes: ExpertRoutes, slotOut: UnsafeMutablePointer<Float>) {
+        let hidden = store.hidden, inter = store.intermediate
+        func linear(_ m: Int, rows: Int, cols: Int) -> Linear {
+            let levels = (0..<g.level).map { k in entries[k].data + r.matrixOffsets[k][m] }
+            let view = MWQMatrixView(rows: rows, cols: cols, group: store.group, baseBits: store.baseBits, levels: levels)
+            return Linear(packed: PackedMWQ(view: view, level: g.level, owner: entries[0].buffer))
+        }
+        let ffn = FeedForward(gate: linear(0, rows: inter, cols: hidden), up: linear(1, rows: inter, cols: hidden),
+                              down: linear(2, rows: hidden, cols: inter), activation: activation)
+        let n = g.slots.count
+        let gathered = scratch.floats(.gathered, n * hidden)
+        for (row, slot) in g.slots.enumerated() {
+            (gathered + row * hidden).update(from: x + (slot / routes.topK) * hidden, count: hidden)
+        }
+        let y = scratch.floats(.expertOut, n * hidden)
+        ffn(gathered, tokens: n, y, gateBuffer: scratch.floats(.expertGate, n * inter), upBuffer: scratch.floats(.expertUp, n * inter))
+        for (row, slot) in g.slots.enumerated() {
+            (slotOut + slot * hidden).update(from: y + row * hidden, count: hidden)
+        }
+    }
+}
+
+extension StreamingExperts {
+    /// Builds the backend for a model whose routed experts were left out at build time.
+    static func make(for model: TransformerModel, file: MWQFile, config: ConfigReader, options: LoadOptions,
+                     streaming: ExpertStreaming) throws -> StreamingExperts {
+        var decoderLayers: [Int: Int] = [:]
+        var nExperts = 0
+        for (i, layer) in model.layers.enumerated() {
+            if case .sparse(let moe) = layer.ffn { decoderLayers[moe.moeLayer] = i; nExperts = moe.nExperts }
+        }
+        guard !decoderLayers.isEmpty, decoderLayers.count == model.info.moeLayerCount else {
+            throw ModelError("\(file.path): --memory-budget streams routed experts, and this model has none (a dense model's FFNs are not routed)")
+        }
+        guard let sample = file.header.experts.first(where: { $0.layer == decoderLayers[0] }),
+              let gate = sample.matrices.first(where: { $0.name.hasSuffix("gate_proj.weight") || $0.name.hasSuffix("w1.weight") }) else {
+            throw ModelError("\(file.path): no expert record for the first MoE layer")
+        }
+        let store = try ExpertStore(file: file, decoderLayers: (0..<decoderLayers.count).map { decoderLayers[$0]! },
+                                    expertCount: nExperts, hidden: model.info.hiddenSize, intermediate: gate.rows,
+                                    directIO: streaming.directIO)
+        let bits = file.header.quantization.bits
+        let policy: BitWidthPolicy
+        switch streaming.bitPolicy {
+        case "uniform":
+            let level = try options.bits.map { b in
+                guard let i = bits.firstIndex(of: b) else { throw ModelError("\(file.path): --bits \(b) is not stored in this file (it holds \(bits))") }
+                return i + 1
+            } ?? bits.count
+            policy = UniformBits(level: level)
+        case "gate":
+            guard !streaming.gateThresholds.isEmpty, streaming.gateThresholds.allSatisfy({ $0 > 0 && $0 <= 1 }) else {
+                throw ModelError("gate thresholds must be in (0, 1], got \(streaming.gateThresholds)")
+            }
+            policy = GateScoreBits(thresholds: streaming.gateThresholds)
+        default:
+            throw ModelError("unknown bit-width policy '\(streaming.bitPolicy)' (uniform, gate)")
+        }
+        let budget = streaming.budget.bytes(ofExperts: store.totalBytes)
+        guard budget > 0 else { throw ModelError("the memory budget is 0 bytes") }
+        guard streaming.ioThreads >= 1, streaming.ioThreads <= 64 else { throw ModelError("I/O threads must be in 1...64") }
+        let activation = try CommonConfig(config).activation
+        return StreamingExperts(store: store, budget: budget, eviction: try EvictionPolicies.named(streaming.eviction),
+                                bitPolicy: policy, order: streaming.order, activation: activation, ioThreads: streaming.ioThreads)
+    }
+}

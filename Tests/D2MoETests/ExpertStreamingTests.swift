@@ -1,0 +1,185 @@
+import Foundation
+import Testing
+import D2MoE
+import D2MoEFormats
+
+/// Routed experts streamed through a budgeted pool (issue 6): the logits never depend on the
+/// budget, the pool never holds more than it, and bad files and budgets are clear errors.
+@Suite(.serialized)
+struct ExpertStreamingTests {
+    static let directory = FileManager.default.temporaryDirectory.appendingPathComponent("d2moe-streaming-\(getpid())")
+
+    /// The fixture converted once to a v1 (2/3/4-bit) container.
+    static func converted(_ fixture: String) throws -> String {
+        let path = directory.appendingPathComponent("\(fixture)-v1.mwq").path
+        if !FileManager.default.fileExists(atPath: path) {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            _ = try MWQConverter.convert(model: TestPaths.fixtures.appendingPathComponent(fixture).path, to: path,
+                                         scheme: try MWQConverter.Scheme("v1"))
+        }
+        return path
+    }
+
+    /// Logits of a prefill of 6 tokens in two sequences, then 4 decode steps of both.
+    static func logits(_ model: TransformerModel) throws -> [[Float]] {
+        let caches = [model.makeCache(capacity: 16), model.makeCache(capacity: 16)]
+        var out: [[Float]] = []
+        let vocab = Int32(model.info.vocabularySize)
+        var batch: [BatchToken] = []
+        for s in 0..<2 { for p in 0..<6 { batch.append(BatchToken(sequence: s, position: p, token: Int32((7 * p + 13 * s + 3) % Int(vocab)), wantsLogits: true)) } }
+        out += try model.forward(batch, caches: caches)
+        for step in 0..<4 {
+            let b = (0..<2).map { s in BatchToken(sequence: s, position: 6 + step, token: Int32((11 * step + 5 * s + 1) % Int(vocab)), wantsLogits: true) }
+            out += try model.forward(b, caches: caches)
+        }
+        return out
+    }
+
+    static func streamed(_ path: String, budget: MemoryBudget, bits: Int? = nil, configure: (inout ExpertStreaming) -> Void = { _ in })
+        throws -> (TransformerModel, StreamingExperts) {
+        var options = LoadOptions(contextLength: 16, bits: bits)
+        var s = ExpertStreaming(budget: budget)
+        configure(&s)
+        options.streaming = s
+        let model = try ModelLoader.loadModel(path: path, options: options)
+        return (model, try #require(model.experts as? StreamingExperts))
+    }
+
+    /// Bytes of the largest expert at all its levels, as the pool allocates them.
+    static func oneExpert(_ backend: StreamingExperts) -> Int { backend.largestExpertBytes }
+
+    /// At every level, with a pool of one expert (so every expert step evicts), direct and
+    /// buffered reads, each eviction policy: the logits equal the all-resident model's exactly.
+    @Test(arguments: ["olmoe", "qwen2_moe", "mixtral"])
+    func tightBudgetGivesTheResidentLogits(fixture: String) throws {
+        let path = try Self.converted(fixture)
+        for bits in [2, 3, 4] {
+            let resident = try Self.logits(try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16, bits: bits)))
+            let (_, probe) = try Self.streamed(path, budget: .fraction(1))
+            let budget = Self.oneExpert(probe)
+            for (eviction, direct) in [("layer", true), ("lru", false), ("lfu", true)] {
+                let (model, backend) = try Self.streamed(path, budget: .bytes(budget), bits: bits) {
+                    $0.eviction = eviction
+                    $0.directIO = direct
+                }
+                let streamed = try Self.logits(model)
+                #expect(streamed == resident, "\(fixture) at \(bits) bits, \(eviction): logits differ")
+                let stats = backend.stats
+                #expect(stats.peakPoolBytes <= budget, "pool peak \(stats.peakPoolBytes) over budget \(budget)")
+                #expect(stats.evictions > 0, "a one-expert pool must evict")
+                let total = stats.total
+                #expect(total.bytesRead > 0 && total.piecesRead.reduce(0, +) > 0)
+                // Pieces needed = pieces read + pieces found; only levels up to `bits` are touched.
+                let level = [2, 3, 4].firstIndex(of: bits)! + 1
+                #expect(total.piecesRead[level...].allSatisfy { $0 == 0 } && total.hits[level...].allSatisfy { $0 == 0 })
+                #expect(total.expertTokens[level - 1] == total.expertTokens.reduce(0, +))
+            }
+        }
+    }
+
+    /// A pool that holds everything reads each piece once and then only hits.
+    @Test func ampleBudgetReadsEachPieceOnce() throws {
+        let path = try Self.converted("olmoe")
+        // (A fraction of 100% is of the stored bytes; direct I/O rounds each piece up to 4 KiB.)
+        let (model, backend) = try Self.streamed(path, budget: .bytes(1 << 30))
+        _ = try Self.logits(model)
+        let first = backend.stats.total
+        backend.resetStats()
+        _ = try Self.logits(model)
+        let second = backend.stats.total
+        #expect(first.piecesRead.reduce(0, +) > 0)
+        #expect(second.piecesRead.reduce(0, +) == 0 && second.bytesRead == 0, "second pass read \(second.piecesRead)")
+        #expect(backend.stats.evictions == 0)
+        let pieces = 2 * 8 * 3  // layers × experts × levels
+        #expect(first.piecesRead.reduce(0, +) <= pieces)
+        #expect(backend.poolBytes <= backend.budget)
+    }
+
+    /// Gate-score levels mix bit-widths, and the budget still does not change the logits.
+    @Test func gatePolicyMixesLevelsAndIgnoresTheBudget() throws {
+        let path = try Self.converted("olmoe")
+        let (ample, _) = try Self.streamed(path, budget: .fraction(1)) { $0.bitPolicy = "gate"; $0.gateThresholds = [0.5, 0.9] }
+        let reference = try Self.logits(ample)
+        let (_, probe) = try Self.streamed(path, budget: .fraction(1))
+        let budget = Self.oneExpert(probe)
+        let (tight, backend) = try Self.streamed(path, budget: .bytes(budget)) { $0.bitPolicy = "gate"; $0.gateThresholds = [0.5, 0.9] }
+        #expect(try Self.logits(tight) == reference)
+        let stats = backend.stats
+        #expect(stats.peakPoolBytes <= budget)
+        // The top expert of each token runs at 4 bits; the second, with under half the weight, lower.
+        #expect(stats.total.expertTokens[2] >= stats.total.expertTokens.reduce(0, +) / 2)
+        #expect(stats.averageBits > 2 && stats.averageBits < 4, "average bits \(stats.averageBits)")
+        let uniform = try Self.logits(try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16, bits: 4)))
+        #expect(reference != uniform, "mixed levels should change the logits")
+    }
+
+    @Test func gatePolicyLevels() {
+        // One token, top-3 of 4 experts with probabilities 0.5, 0.3, 0.15 (and 0.05 unchosen).
+        let routes = ExpertRoutes(topK: 3, experts: [2, 0, 1], weights: [0.5, 0.3, 0.15], probabilities: [0.3, 0.15, 0.5, 0.05])
+        var levels = [0, 0, 0]
+        GateScoreBits(thresholds: [0.6, 0.9]).levels(layer: 0, routes: routes, nExperts: 4, levelCount: 3, into: &levels)
+        // Shares before each: 0, 0.5/0.95 = 0.53, 0.8/0.95 = 0.84.
+        #expect(levels == [3, 3, 2])
+        GateScoreBits(thresholds: [0.5, 0.8]).levels(layer: 0, routes: routes, nExperts: 4, levelCount: 3, into: &levels)
+        #expect(levels == [3, 2, 1])
+    }
+
+    @Test func budgetSmallerThanOneExpertIsAClearError() throws {
+        let path = try Self.converted("olmoe")
+        let (model, _) = try Self.streamed(path, budget: .bytes(4096))
+        #expect {
+            _ = try Self.logits(model)
+        } throws: { error in
+            "\(error)".contains("memory budget (4096 bytes) cannot hold expert")
+        }
+    }
+
+    /// A flipped byte inside an expert record: the run fails naming the piece; the file is untouched.
+    @Test func corruptPieceIsReportedNotComputed() throws {
+        let path = try Self.converted("olmoe")
+        let copy = Self.directory.appendingPathComponent("corrupt-\(UUID().uuidString).mwq").path
+        try FileManager.default.copyItem(atPath: path, toPath: copy)
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        let header = try MWQFile(path: copy).header
+        let record = header.experts.first { $0.layer == 0 && $0.expert == 0 }!
+        let handle = try #require(FileHandle(forUpdatingAtPath: copy))
+        try handle.seek(toOffset: UInt64(record.offset + 10))
+        let byte = try #require(handle.readData(ofLength: 1).first)
+        try handle.seek(toOffset: UInt64(record.offset + 10))
+        handle.write(Data([byte ^ 0xFF]))
+        try handle.close()
+        // Every expert is needed by some token across enough steps; a full budget keeps going after the error.
+        let (model, _) = try Self.streamed(copy, budget: .fraction(1)) { $0.bitPolicy = "uniform" }
+        let caches = [model.makeCache(capacity: 64)]
+        let batch = (0..<64).map { BatchToken(sequence: 0, position: $0, token: Int32($0 % model.info.vocabularySize), wantsLogits: false) }
+        #expect {
+            _ = try model.forward(batch, caches: caches)
+        } throws: { error in
+            "\(error)".contains("expert piece (layer 0, expert 0, level 1) checksum mismatch")
+        }
+    }
+
+    @Test func memoryBudgetParsing() throws {
+        #expect(try MemoryBudget(parsing: "512MiB") == .bytes(512 << 20))
+        #expect(try MemoryBudget(parsing: "2GiB") == .bytes(2 << 30))
+        #expect(try MemoryBudget(parsing: "1.5GB") == .bytes(1_500_000_000))
+        #expect(try MemoryBudget(parsing: "4096") == .bytes(4096))
+        #expect(try MemoryBudget(parsing: "25%") == .fraction(0.25))
+        #expect(MemoryBudget.fraction(0.25).bytes(ofExperts: 1000) == 250)
+        for bad in ["", "abc", "-1GiB", "0", "150%", "12XB"] {
+            #expect(throws: ModelError.self, "\(bad)") { try MemoryBudget(parsing: bad) }
+        }
+    }
+
+    @Test func streamingNeedsAnMWQFileWithRoutedExperts() throws {
+        var options = LoadOptions(contextLength: 16)
+        options.streaming = ExpertStreaming(budget: .bytes(1 << 20))
+        #expect {
+            _ = try ModelLoader.loadModel(path: TestPaths.fixtures.appendingPathComponent("olmoe").path, options: options)
+        } throws: { "\($0)".contains("--memory-budget streams experts from .mwq files") }
+        let dense = try Self.converted("llama")
+        #expect {
+            _ = try ModelLoader.loadModel(path: dense, options: options)
+        } throws: { "\($0)".contains("this model has none") }
+    }
+}
