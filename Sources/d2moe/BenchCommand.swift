@@ -30,6 +30,12 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: .long, help: "A comma-separated sweep of --memory-budget values (25%,50%); the model is loaded once per budget.")
     var budgets: String?
 
+    @Option(name: .long, help: "Replay expert selection from a routing trace (d2moe's JSON lines, moe-beyond's CSV or speculative-moe's JSON lines) instead of the model's routers.")
+    var trace: String?
+
+    @Option(name: .long, help: "Write the routing of the run as a d2moe trace (JSON lines; see RoutingTrace).")
+    var recordTrace: String?
+
     @Flag(name: .long, help: "With --memory-budget: per-layer expert statistics.")
     var perLayer = false
 
@@ -52,7 +58,7 @@ struct ModelBench: AsyncParsableCommand {
             var options = modelOptions
             options.memoryBudget = budget
             let engine: Engine
-            do { engine = try options.load() } catch { fail(String(describing: error)) }
+            do { engine = try options.load(); try attachHooks(engine, requests: counts.map { $0! }.max()!) } catch { fail(String(describing: error)) }
             for n in counts {
                 let r: SpeedBenchmark.Result
                 do {
@@ -73,9 +79,23 @@ struct ModelBench: AsyncParsableCommand {
         if json { printJSON(results) }
     }
 
+    /// Trace replay and recording.
+    private func attachHooks(_ engine: Engine, requests: Int) throws {
+        if trace != nil && recordTrace != nil { throw ValidationError("--trace and --record-trace cannot be combined") }
+        if let trace {
+            let t = try RoutingTrace.load(path: trace)
+            engine.model.routingHook = TraceReplay(trace: t, sequenceOffset: t.count / max(requests, 1))
+            if !json {
+                print("replaying \(t.count) tokens × \(t.layerCount) layers (top-\(t.topK)\(t.tokens.joined().contains { $0?.weights != nil } ? ", with gate weights" : "")) from \(trace)")
+            }
+        }
+        if let recordTrace { engine.model.routingHook = try TraceRecorder(path: recordTrace) }
+    }
+
     private func single(_ modelOptions: ModelOptions, requests: Int) throws {
         do {
             let engine = try modelOptions.load()
+            try attachHooks(engine, requests: requests)
             let result = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
                                                 repetitions: repetitions, requests: requests)
             if json {

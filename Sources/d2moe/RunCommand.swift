@@ -40,6 +40,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Stop before this string (repeatable).")
     var stop: [String] = []
 
+    @Option(name: .long, help: "Write the routing of every MoE layer as a d2moe trace (JSON lines) that bench --trace replays.")
+    var recordTrace: String?
+
     @Flag(name: .long, help: "Print statistics to stderr.")
     var stats = false
 
@@ -58,6 +61,7 @@ struct Run: AsyncParsableCommand {
         let loadStart = Date()
         do {
             engine = try modelOptions.load()
+            if let recordTrace { engine.model.routingHook = try TraceRecorder(path: recordTrace) }
             if chat { _ = try engine.chatTokens([ChatMessage(role: "user", content: "")]) }  // fail now if there is no usable template
         } catch let error as ValidationError {
             throw error

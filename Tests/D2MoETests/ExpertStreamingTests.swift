@@ -183,3 +183,89 @@ struct ExpertStreamingTests {
         } throws: { "\($0)".contains("this model has none") }
     }
 }
+
+/// Routing traces: the two real ones read as their README describes, and d2moe's own format
+/// round-trips through recording and replay.
+@Suite(.serialized)
+struct RoutingTraceTests {
+    static let traces = TestPaths.packageRoot.deletingLastPathComponent().appendingPathComponent("shared/data/routing-traces")
+
+    @Test(.enabled(if: TestPaths.exists(traces.appendingPathComponent("prompt_478_data.csv").path), "SKIP: ../shared/data/routing-traces absent"))
+    func realTracesReadAsDocumented() throws {
+        let deepseek = try RoutingTrace.load(path: Self.traces.appendingPathComponent("prompt_478_data.csv").path)
+        #expect(deepseek.count == 2850 && deepseek.layerCount == 26 && deepseek.topK == 6 && deepseek.expertCount == 64)
+        #expect(deepseek.tokens[0][0]?.experts == [8, 26, 56, 57, 60, 43] && deepseek.tokens[0][0]?.weights == nil)
+        #expect(deepseek.tokens.joined().allSatisfy { $0 != nil })
+        let mixtral = try RoutingTrace.load(path: Self.traces.appendingPathComponent("routing_raw.jsonl").path)
+        #expect(mixtral.count == 135 + 83 && mixtral.layerCount == 32 && mixtral.topK == 2 && mixtral.expertCount == 8)
+        #expect(mixtral.tokens[0][0]?.experts == [5, 2])
+        #expect(abs((mixtral.tokens[0][0]?.weights?[0] ?? 0) - 0.7783125) < 1e-6)
+        // The collector dropped 122 prefill and 77 decode records; they stay unknown.
+        #expect(mixtral.tokens.prefix(135).joined().filter { $0 == nil }.count == 122)
+        #expect(mixtral.tokens.dropFirst(135).joined().filter { $0 == nil }.count == 77)
+    }
+
+    @Test func recordedTraceReplaysToTheSameLogits() throws {
+        let path = try ExpertStreamingTests.converted("olmoe")
+        let plain = try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16))
+        let reference = try ExpertStreamingTests.logits(plain)
+        let file = ExpertStreamingTests.directory.appendingPathComponent("trace-\(UUID().uuidString).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let recorded = try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16))
+        recorded.routingHook = try TraceRecorder(path: file)
+        #expect(try ExpertStreamingTests.logits(recorded) == reference)
+        recorded.routingHook = nil
+        let trace = try RoutingTrace.load(path: file)
+        // 12 prefill + 8 decode tokens routed through each of 2 layers.
+        #expect(trace.count == 20 && trace.layerCount == 2 && trace.topK == 2)
+        // Replayed in the order recorded (token i = the i-th routed), on a streamed model: the same logits.
+        let (streamed, _) = try ExpertStreamingTests.streamed(path, budget: .bytes(1 << 30))
+        let replay = OrderedReplay(trace)
+        streamed.routingHook = replay
+        #expect(try ExpertStreamingTests.logits(streamed) == reference)
+        // A different trace changes what runs.
+        let shifted = try RoutingTrace.load(path: file)
+        let (other, _) = try ExpertStreamingTests.streamed(path, budget: .bytes(1 << 30))
+        other.routingHook = TraceReplay(trace: shifted, sequenceOffset: 7)
+        #expect(try ExpertStreamingTests.logits(other) != reference)
+    }
+
+    @Test func badTracesAreClearErrors() throws {
+        let dir = ExpertStreamingTests.directory
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for (name, text, message) in [
+            ("empty.jsonl", "", "the trace is empty"),
+            ("garbage.jsonl", "{\"layer\": 0, \"experts\": [1, 2]}\nnot json\n", "line 2 is not a JSON object"),
+            ("mixed.jsonl", "{\"layer\": 0, \"experts\": [1, 2]}\n{\"layer\": 1, \"experts\": [1]}\n", "different numbers of experts"),
+            ("bad.csv", "Layer ID,Batch Number,Token,Activated Expert IDs\n1,0,x,[a]\n", "bad expert ids"),
+        ] {
+            let path = dir.appendingPathComponent(name).path
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+            #expect { _ = try RoutingTrace.load(path: path) } throws: { "\($0)".contains(message) }
+        }
+        // A trace whose top-k differs from the model's says how to fix it.
+        let path = dir.appendingPathComponent("top3.jsonl").path
+        try Data("{\"layer\": 0, \"experts\": [1, 2, 3]}\n".utf8).write(to: URL(fileURLWithPath: path))
+        let model = try ModelLoader.loadModel(path: try ExpertStreamingTests.converted("olmoe"), options: LoadOptions(contextLength: 16))
+        model.routingHook = TraceReplay(trace: try RoutingTrace.load(path: path))
+        #expect { _ = try ExpertStreamingTests.logits(model) } throws: { "\($0)".contains("set --experts-per-token 3") }
+    }
+}
+
+/// Replays token i of each layer to the i-th token routed through it (the recording's order).
+private final class OrderedReplay: RoutingHook {
+    let trace: RoutingTrace
+    var next: [Int: Int] = [:]
+    init(_ trace: RoutingTrace) { self.trace = trace }
+    func routed(moeLayer: Int, batch: [BatchToken], routes: inout ExpertRoutes, nExperts: Int) throws {
+        for t in batch.indices {
+            let i = next[moeLayer, default: 0]
+            next[moeLayer] = i + 1
+            let r = trace.tokens[i][moeLayer]!
+            for j in 0..<routes.topK {
+                routes.experts[t * routes.topK + j] = r.experts[j]
+                routes.weights[t * routes.topK + j] = r.weights![j]
+            }
+        }
+    }
+}

@@ -32,6 +32,13 @@ public protocol ExpertBackend: AnyObject {
     func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes, output out: UnsafeMutablePointer<Float>) throws
 }
 
+/// Sees (and may replace) the experts the router chose: trace replay and trace recording.
+/// Called on the compute thread once per MoE layer per forward pass.
+public protocol RoutingHook: AnyObject {
+    /// `routes` rows follow `batch`; `moeLayer` counts MoE layers only.
+    func routed(moeLayer: Int, batch: [BatchToken], routes: inout ExpertRoutes, nExperts: Int) throws
+}
+
 /// What an observed expert computed: (expert, its gathered input rows [tokens, hidden], the
 /// activations entering its down projection [tokens, intermediate], tokens, intermediate).
 typealias ExpertObservation = (_ expert: Int, _ input: UnsafePointer<Float>, _ activations: UnsafePointer<Float>,
@@ -89,8 +96,10 @@ struct SparseMoE {
     /// out: [tokens, hidden] = the block's output for x (normalised hidden states). `observe`
     /// sees each routed expert's inputs and activations (the shared expert is not reported).
     func callAsFunction(_ x: UnsafePointer<Float>, tokens: Int, hidden: Int, backend: ExpertBackend,
-                        scratch: Scratch, observe: ExpertObservation? = nil, _ out: UnsafeMutablePointer<Float>) throws {
-        let routes = route(x, tokens: tokens, scratch: scratch)
+                        scratch: Scratch, observe: ExpertObservation? = nil, hook: (RoutingHook, [BatchToken])? = nil,
+                        _ out: UnsafeMutablePointer<Float>) throws {
+        var routes = route(x, tokens: tokens, scratch: scratch)
+        if let (hook, batch) = hook { try hook.routed(moeLayer: moeLayer, batch: batch, routes: &routes, nExperts: nExperts) }
         out.initialize(repeating: 0, count: tokens * hidden)
         if let observe {
             // Silently skipping would leave calibration with experts that look unused.

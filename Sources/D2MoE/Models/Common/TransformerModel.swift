@@ -39,6 +39,8 @@ public final class TransformerModel: @unchecked Sendable {
     public internal(set) var experts: ExpertBackend?
     /// Calibration hooks (see `FeedForwardObserver`).
     public var observer: FeedForwardObserver?
+    /// Replaces or records the routers' choices (trace replay, `--record-trace`).
+    public var routingHook: RoutingHook?
 
     let pool: ComputePool
     private let scratch = Scratch()
@@ -128,7 +130,8 @@ public final class TransformerModel: @unchecked Sendable {
                                         intermediate: intermediate)
                     }
                 }
-                try moe(xn, tokens: tokens, hidden: hidden, backend: experts, scratch: scratch, observe: observe, y)
+                try moe(xn, tokens: tokens, hidden: hidden, backend: experts, scratch: scratch, observe: observe,
+                        hook: routingHook.map { ($0, batch) }, y)
             }
             if let norm = layer.postFFNNorm { norm(y, tokens: tokens, y) }
             Kernels.add(y, x, n: tokens * hidden)
