@@ -42,6 +42,13 @@ public final class MappedFile: @unchecked Sendable {
         guard let base else { return UnsafeRawBufferPointer(start: nil, count: 0) }
         return UnsafeRawBufferPointer(start: base + offset, count: count)
     }
+
+    /// Lets the kernel drop the mapping's resident pages (they are read again from the file if
+    /// touched): after a load has copied what it needs, the mapping stops counting as memory.
+    public func releaseResidentPages() {
+        guard let base else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base), size, Int32(MADV_DONTNEED))
+    }
 }
 
 /// Sequential little-endian reads over a mapped file, each bounds-checked.

@@ -72,7 +72,7 @@ struct ModelBench: AsyncParsableCommand {
                     let hits = r.experts.map { "[" + $0.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]" } ?? "-"
                     print((budget ?? "resident").padding(toLength: 12, withPad: " ", startingAt: 0)
                           + String(format: "%8d %8.1f %9.2f %10@ %14.1f      %@", n!, r.promptTokensPerSecond, r.generationTokensPerSecond,
-                                   formatBytes(r.peakResidentBytes), readPerStep, hits))
+                                   formatBytes(r.runPeakResidentBytes), readPerStep, hits))
                 }
             }
         }
@@ -108,7 +108,7 @@ struct ModelBench: AsyncParsableCommand {
                 print(String(format: "generation reads %.1f MB of weights per token: %.1f GB/s = %.0f%% of the measured read bandwidth (%.1f GB/s)",
                              Double(result.weightBytesPerToken) / 1e6, result.generationGBPerSecond,
                              100 * result.bandwidthFraction, result.readBandwidth / 1e9))
-                print("peak resident memory \(formatBytes(result.peakResidentBytes)) | KV cache \(formatBytes(result.kvCacheBytes))")
+                print("resident memory after load \(formatBytes(result.startResidentBytes)), peak during the run \(formatBytes(result.runPeakResidentBytes))\(result.peakReset ? "" : " (peak not resettable: includes loading)"), peak overall \(formatBytes(result.peakResidentBytes)) | KV cache \(formatBytes(result.kvCacheBytes))")
                 if let experts = result.experts {
                     print(experts.summary(perLayer: perLayer))
                     let t = experts.total

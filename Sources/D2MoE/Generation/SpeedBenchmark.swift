@@ -28,6 +28,11 @@ public enum SpeedBenchmark {
         public var experts: ExpertStreamStats?
         /// KV-cache bytes of all sequences.
         public var kvCacheBytes: Int = 0
+        /// Resident memory when the measurement began (after loading), and the peak during it
+        /// (the peak is reset at the start where the OS allows: `peakReset`).
+        public var startResidentBytes: Int = 0
+        public var runPeakResidentBytes: Int = 0
+        public var peakReset = false
     }
 
     public static func run(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int = 1) throws -> Result {
@@ -48,6 +53,9 @@ public enum SpeedBenchmark {
         var logits = [Float](repeating: 0, count: vocab * requests)
         var pp: [Double] = [], tg: [Double] = []
         let streamed = model.experts as? StreamingExperts
+        let startResident = ProcessMemory.residentBytes
+        let loadPeak = ProcessMemory.peakResidentBytes
+        let reset = ProcessMemory.resetPeak()
         // One warm-up round, then the measured ones.
         for round in 0...max(1, repetitions) {
             if round == 1 { streamed?.resetStats() }
@@ -83,19 +91,42 @@ public enum SpeedBenchmark {
         }
         let (ppMean, ppStd) = meanStd(pp), (tgMean, tgStd) = meanStd(tg)
         let perToken = model.decodeBytesPerToken
+        // Before the bandwidth probe, whose buffers would count as the run's memory.
+        let runPeak = ProcessMemory.peakResidentBytes
+        let expertStats = streamed?.stats
         let bandwidth = MemoryBandwidth.measureRead(pool: model.pool)
         return Result(promptTokens: promptTokens, generateTokens: generateTokens, promptTokensPerSecond: ppMean,
                       promptStdDev: ppStd, generationTokensPerSecond: tgMean, generationStdDev: tgStd,
                       threads: model.pool.threadCount, weightBytes: model.weightBytes, weightBytesPerToken: perToken,
                       generationGBPerSecond: Double(perToken) * tgMean / 1e9, readBandwidth: bandwidth,
                       bandwidthFraction: Double(perToken) * tgMean / bandwidth,
-                      peakResidentBytes: ProcessMemory.peakResidentBytes, requests: requests, experts: streamed?.stats,
-                      kvCacheBytes: caches.reduce(0) { $0 + $1.byteCount })
+                      peakResidentBytes: max(loadPeak, runPeak), requests: requests, experts: expertStats,
+                      kvCacheBytes: caches.reduce(0) { $0 + $1.byteCount }, startResidentBytes: startResident,
+                      runPeakResidentBytes: runPeak, peakReset: reset)
     }
 }
 
 /// Memory figures from the operating system.
 public enum ProcessMemory {
+    /// Resident set size now (VmRSS on Linux), in bytes; 0 where unknown.
+    public static var residentBytes: Int { statusField("VmRSS:") ?? 0 }
+
+    /// Starts the peak over again from the current resident size (Linux: clear_refs 5), so a
+    /// benchmark's peak excludes what loading needed only for a while. False where unsupported.
+    @discardableResult
+    public static func resetPeak() -> Bool {
+        guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
+        defer { try? h.close() }
+        return (try? h.write(contentsOf: Data("5".utf8))) != nil
+    }
+
+    private static func statusField(_ name: String) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name) }),
+              let kb = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") else { return nil }
+        return kb * 1024
+    }
+
     /// Peak resident set size (VmHWM on Linux, ru_maxrss elsewhere), in bytes.
     public static var peakResidentBytes: Int {
         if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),

@@ -45,6 +45,8 @@ public enum ModelLoader {
         weights.streamsRoutedExperts = true
         let model = try source.architecture.build(config, weights, options: options)
         model.experts = try StreamingExperts.make(for: model, file: file, config: config, options: options, streaming: streaming)
+        // The build copied the resident tensors; only the pool's bytes should count from here on.
+        file.file.releaseResidentPages()
         return Opened(model: model, source: source)
     }
 
