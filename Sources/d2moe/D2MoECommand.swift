@@ -51,6 +51,9 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "With --memory-budget: the order missing pieces are read in: hebf (hottest expert's next level first) or id (expert id order, all levels of an expert together).")
     var loadOrder: String = "hebf"
 
+    @Flag(name: .long, help: "With --memory-budget: read the next MoE layer's likely experts (its router applied to the current hidden state) while this layer computes; they stay protected until used.")
+    var prefetch = false
+
     func load() throws -> Engine {
         guard let type = ElementType(rawValue: dtype == "q8" ? "q8_0" : dtype) else {
             throw ValidationError("--dtype must be f32, f16, bf16 or q8, got '\(dtype)'")
@@ -88,6 +91,7 @@ extension ModelOptions {
         s.gateThresholds = thresholds.map { $0! }
         guard let order = LoadOrder(rawValue: loadOrder) else { throw ValidationError("--load-order must be hebf or id, got '\(loadOrder)'") }
         s.order = order
+        s.prefetch = prefetch
         return s
     }
 }

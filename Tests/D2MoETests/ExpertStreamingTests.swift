@@ -77,6 +77,20 @@ struct ExpertStreamingTests {
         }
     }
 
+    /// Next-layer prefetch reads ahead under the budget, is used, and changes no logit.
+    @Test func prefetchKeepsTheLogitsAndTheBudget() throws {
+        let path = try Self.converted("olmoe")
+        let resident = try Self.logits(try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16, bits: 3)))
+        let (_, probe) = try Self.streamed(path, budget: .fraction(1))
+        let budget = 5 * Self.oneExpert(probe)
+        let (model, backend) = try Self.streamed(path, budget: .bytes(budget), bits: 3) { $0.prefetch = true }
+        #expect(try Self.logits(model) == resident)
+        let stats = backend.stats
+        #expect(stats.peakPoolBytes <= budget)
+        #expect(stats.total.prefetched > 0 && stats.total.prefetchHits > 0, "prefetched \(stats.total.prefetched), used \(stats.total.prefetchHits)")
+        #expect(stats.total.prefetchHits <= stats.total.prefetched)
+    }
+
     /// A pool that holds everything reads each piece once and then only hits.
     @Test func ampleBudgetReadsEachPieceOnce() throws {
         let path = try Self.converted("olmoe")

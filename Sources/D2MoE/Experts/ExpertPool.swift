@@ -16,6 +16,8 @@ final class ExpertPool: @unchecked Sendable {
         var dataOffset = 0
         var state = State.loading
         var pins = 1
+        /// Read ahead of need (`--prefetch`) and not used yet.
+        var prefetched = false
         var usage: PieceUsage
         init(key: PieceKey, buffer: PieceBuffer, tick: UInt64) {
             self.key = key

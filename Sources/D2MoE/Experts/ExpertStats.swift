@@ -19,6 +19,10 @@ public struct ExpertStreamStats: Codable, Sendable {
         public var wall = 0.0
         /// (token, expert) pairs at each level.
         public var expertTokens: [Int]
+        /// Pieces read ahead for the next layer while this one ran, and pieces this layer found
+        /// resident because they were read ahead.
+        public var prefetched = 0
+        public var prefetchHits = 0
 
         init(levels: Int) {
             piecesRead = Array(repeating: 0, count: levels)
@@ -33,6 +37,7 @@ public struct ExpertStreamStats: Codable, Sendable {
             for k in piecesRead.indices {
                 piecesRead[k] += o.piecesRead[k]; hits[k] += o.hits[k]; expertTokens[k] += o.expertTokens[k]
             }
+            prefetched += o.prefetched; prefetchHits += o.prefetchHits
             ioBusy += o.ioBusy; computeBusy += o.computeBusy; computeIdle += o.computeIdle; wall += o.wall
         }
     }
@@ -90,6 +95,7 @@ public struct ExpertStreamStats: Codable, Sendable {
             String(format: "experts: read %@ in %d pieces %@, hit ratio per level %@, %d evictions",
                    mib(t.bytesRead), t.piecesRead.reduce(0, +), "\(t.piecesRead)",
                    "[" + hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]", evictions),
+            "experts: prefetched \(t.prefetched) pieces, \(t.prefetchHits) of them used",
             "experts: wall \(ms(t.wall)), I/O busy \(ms(t.ioBusy)) (idle \(ms(t.ioIdle))), compute busy \(ms(t.computeBusy)) (idle \(ms(t.computeIdle)))",
         ]
         if perLayer {

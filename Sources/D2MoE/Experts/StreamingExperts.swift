@@ -25,6 +25,12 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
     public let order: LoadOrder
     let activation: FeedForward.Activation
     private let scratch = Scratch()
+    /// `--prefetch`: read the next MoE layer's likely experts while this one computes.
+    public var prefetchEnabled = false
+    /// The next layer's predicted routes, queued once this layer's own pieces are admitted.
+    private var scheduledPrefetch: (layer: Int, routes: ExpertRoutes)?
+    /// Prefetched pieces, pinned (protected) until their layer's step has run: layer → entries.
+    private var prefetchPins: [Int: [ExpertPool.Entry]] = [:]
     private var statsStorage: ExpertStreamStats
     private let statsLock = NSLock()
 
@@ -81,6 +87,37 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         pool.lock.lock()
         defer { pool.lock.unlock() }
         return pool.residentBytes
+    }
+
+    /// Asks the next `compute` to also read what `routes` (the next MoE layer's router applied to
+    /// the current hidden state) will need in `layer`, once its own pieces are queued.
+    public func schedulePrefetch(layer: Int, routes: ExpertRoutes) {
+        scheduledPrefetch = (layer, routes)
+    }
+
+    /// Reserves and queues the predicted pieces that are missing, as far as the budget allows
+    /// without waiting; they stay pinned until `layer` runs. Called under the pool's lock.
+    private func admitPrefetch(layer: Int, routes: ExpertRoutes, stats: inout ExpertStreamStats.Layer) throws {
+        let levelCount = store.levels
+        var levels = [Int](repeating: levelCount, count: routes.experts.count)
+        bitPolicy.levels(layer: layer, routes: routes, nExperts: store.expertCount, levelCount: levelCount, into: &levels)
+        var need = [Int: Int](), count = [Int: Int]()
+        for (s, e) in routes.experts.enumerated() {
+            need[Int(e)] = max(need[Int(e)] ?? 0, levels[s])
+            count[Int(e), default: 0] += 1
+        }
+        // Hottest predicted experts first, all their levels.
+        for e in need.keys.sorted(by: { (count[$0]!, -$0) > (count[$1]!, -$1) }) {
+            let keys = (1...need[e]!).map { PieceKey(layer: layer, expert: e, level: $0) }.filter { pool.entries[$0] == nil }
+            guard !keys.isEmpty else { continue }
+            guard pool.reserve(keys.reduce(0) { $0 + store.allocationBytes($1) }) else { break }
+            for key in keys {
+                let entry = try pool.startLoad(key)
+                entry.prefetched = true
+                prefetchPins[layer, default: []].append(entry)
+                stats.prefetched += 1
+            }
+        }
     }
 
     /// One (expert, level) group: the slots that run expert `expert` at `level`.
@@ -163,9 +200,14 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         pool.lock.lock()
         let ioStart = pool.ioBusyNanoseconds()
         let bytesStart = pool.bytesRead
+        let prefetch = prefetchEnabled ? scheduledPrefetch : nil
+        scheduledPrefetch = nil
+        var prefetchQueued = prefetch == nil
         defer {
-            // On every exit (errors included) give back the pins this step holds.
+            // On every exit (errors included) give back the pins this step holds, and the
+            // protection of what was prefetched for it.
             for entries in pinned.values { for e in entries { pool.unpin(e) } }
+            for e in prefetchPins.removeValue(forKey: layer) ?? [] { pool.unpin(e) }
             pool.lock.unlock()
         }
 
@@ -191,7 +233,10 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                 started[key.level] = try pool.startLoad(key)
                 layerStats.piecesRead[key.level - 1] += 1
             }
-            for k in 1...need[e] where held[k - 1] != nil { layerStats.hits[k - 1] += 1 }
+            for k in 1...need[e] where held[k - 1] != nil {
+                layerStats.hits[k - 1] += 1
+                if held[k - 1]!.prefetched { layerStats.prefetchHits += 1; held[k - 1]!.prefetched = false }
+            }
             pinned[e] = (1...need[e]).map { held[$0 - 1] ?? started[$0]! }
             return true
         }
@@ -199,6 +244,10 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         while doneCount < groups.count {
             // Admit as many waiting experts as the budget allows, in order.
             while pendingHead < pending.count, try admit(pending[pendingHead]) { pendingHead += 1 }
+            if !prefetchQueued, pendingHead == pending.count, let p = prefetch {
+                try admitPrefetch(layer: p.layer, routes: p.routes, stats: &layerStats)
+                prefetchQueued = true
+            }
             // A group whose levels have all arrived, hottest expert first.
             var ready: Int?
             for (i, g) in groups.enumerated() where !done[i] {
@@ -318,7 +367,9 @@ extension StreamingExperts {
         guard budget > 0 else { throw ModelError("the memory budget is 0 bytes") }
         guard streaming.ioThreads >= 1, streaming.ioThreads <= 64 else { throw ModelError("I/O threads must be in 1...64") }
         let activation = try CommonConfig(config).activation
-        return StreamingExperts(store: store, budget: budget, eviction: try EvictionPolicies.named(streaming.eviction),
-                                bitPolicy: policy, order: streaming.order, activation: activation, ioThreads: streaming.ioThreads)
+        let backend = StreamingExperts(store: store, budget: budget, eviction: try EvictionPolicies.named(streaming.eviction),
+                                       bitPolicy: policy, order: streaming.order, activation: activation, ioThreads: streaming.ioThreads)
+        backend.prefetchEnabled = streaming.prefetch
+        return backend
     }
 }

@@ -44,6 +44,10 @@ public final class TransformerModel: @unchecked Sendable {
 
     let pool: ComputePool
     private let scratch = Scratch()
+    /// [decoder layer] → the next sparse block after it, for prefetching.
+    private lazy var nextMoE: [SparseMoE?] = layers.indices.map { l in
+        layers[(l + 1)...].lazy.compactMap { if case .sparse(let m) = $0.ffn { return m } else { return nil } }.first
+    }
     private let lock = NSLock()
 
     init(info: ModelInfo, embeddings: DenseMatrix, embeddingScale: Float = 1, layers: [DecoderLayer],
@@ -124,6 +128,10 @@ public final class TransformerModel: @unchecked Sendable {
                                   intermediate: ffn.intermediate)
             case .sparse(let moe):
                 guard let experts else { throw ModelError("model has MoE layers but no expert backend") }
+                // Next-layer prefetch: the next MoE layer's router on this layer's input predicts its experts.
+                if let streamed = experts as? StreamingExperts, streamed.prefetchEnabled, let next = nextMoE[l] {
+                    streamed.schedulePrefetch(layer: next.moeLayer, routes: next.route(xn, tokens: tokens, scratch: scratch))
+                }
                 let observe: ExpertObservation? = observer.map { o in
                     { e, input, a, n, intermediate in
                         o.observeExpert(layer: l, expert: e, input: input, activations: a, tokens: n, hidden: hidden,

@@ -61,6 +61,8 @@ public struct ExpertStreaming: Sendable {
     public var gateThresholds: [Double] = [0.6, 0.9]
     /// The order missing pieces are read in.
     public var order = LoadOrder.hebf
+    /// Read the next MoE layer's predicted experts while the current one computes.
+    public var prefetch = false
 
     public init(budget: MemoryBudget) { self.budget = budget }
 }
