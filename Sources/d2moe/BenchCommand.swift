@@ -30,6 +30,15 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: .long, help: "A comma-separated sweep of --memory-budget values (25%,50%); the model is loaded once per budget.")
     var budgets: String?
 
+    @Option(name: .long, help: "A comma-separated sweep of --policy values (d2moe,moqe-dynaio,hold-int4).")
+    var policies: String?
+
+    @Option(name: .long, help: "With a sweep: write every row as CSV.")
+    var csv: String?
+
+    @Option(name: .long, help: "With a sweep: write an SVG plot of generation tokens/s against the budget, one line per policy and request count.")
+    var svg: String?
+
     @Option(name: .long, help: "Replay expert selection from a routing trace (d2moe's JSON lines, moe-beyond's CSV or speculative-moe's JSON lines) instead of the model's routers.")
     var trace: String?
 
@@ -48,39 +57,16 @@ struct ModelBench: AsyncParsableCommand {
             throw ValidationError("--requests must be positive integers separated by commas, got '\(requests)'")
         }
         let budgetList: [String?] = budgets.map { $0.split(separator: ",").map { String($0) } } ?? [modelOptions.memoryBudget]
-        guard counts.count > 1 || budgetList.count > 1 else {
+        let policyList: [String?] = policies.map { $0.split(separator: ",").map { String($0) } } ?? [modelOptions.policy]
+        guard counts.count > 1 || budgetList.count > 1 || policyList.count > 1 || csv != nil || svg != nil else {
             try single(modelOptions, requests: counts[0]!)
             return
         }
-        var results: [SpeedBenchmark.Result] = []
-        if !json { print("budget      requests   pp t/s    tg t/s   peak RSS    expert MiB read/tok  hit ratio") }
-        for budget in budgetList {
-            var options = modelOptions
-            options.memoryBudget = budget
-            let engine: Engine
-            do { engine = try options.load(); try attachHooks(engine, requests: counts.map { $0! }.max()!) } catch { fail(String(describing: error)) }
-            for n in counts {
-                let r: SpeedBenchmark.Result
-                do {
-                    r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                               repetitions: repetitions, requests: n!)
-                } catch { fail(String(describing: error)) }
-                results.append(r)
-                if !json {
-                    let steps = Double(max(1, repetitions) * (generateTokens + (promptTokens > 0 ? 1 : 0)))
-                    let readPerStep = r.experts.map { Double($0.total.bytesRead) / 1_048_576 / steps } ?? 0
-                    let hits = r.experts.map { "[" + $0.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]" } ?? "-"
-                    print((budget ?? "resident").padding(toLength: 12, withPad: " ", startingAt: 0)
-                          + String(format: "%8d %8.1f %9.2f %10@ %14.1f      %@", n!, r.promptTokensPerSecond, r.generationTokensPerSecond,
-                                   formatBytes(r.runPeakResidentBytes), readPerStep, hits))
-                }
-            }
-        }
-        if json { printJSON(results) }
+        try sweep(budgets: budgetList, policies: policyList, requests: counts.map { $0! })
     }
 
     /// Trace replay and recording.
-    private func attachHooks(_ engine: Engine, requests: Int) throws {
+    func attachHooks(_ engine: Engine, requests: Int) throws {
         if trace != nil && recordTrace != nil { throw ValidationError("--trace and --record-trace cannot be combined") }
         if let trace {
             let t = try RoutingTrace.load(path: trace)

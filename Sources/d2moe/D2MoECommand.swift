@@ -51,6 +51,9 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "With --memory-budget: the order missing pieces are read in: hebf (hottest expert's next level first) or id (expert id order, all levels of an expert together).")
     var loadOrder: String = "hebf"
 
+    @Option(name: .long, help: ArgumentHelp("A configuration of DESIGN §3.6 (its settings replace --load-order, --eviction and --prefetch): " + ExpertStreaming.policies.map { "\($0.0): \($0.1)" }.joined(separator: "; ") + "."))
+    var policy: String?
+
     @Flag(name: .long, help: "With --memory-budget: read the next MoE layer's likely experts (its router applied to the current hidden state) while this layer computes; they stay protected until used.")
     var prefetch = false
 
@@ -61,7 +64,13 @@ struct ModelOptions: ParsableArguments {
         if let contextLength, contextLength < 1 { throw ValidationError("--ctx must be ≥ 1") }
         var options = LoadOptions(dtype: type, contextLength: contextLength, expertsPerToken: expertsPerToken, bits: bits)
         options.dequantizeMWQ = dequantize
-        options.streaming = try streaming()
+        switch policy {
+        case "hold-int4", "hold-int8":
+            // Held in memory: every expert resident at the policy's bits, whatever the budget.
+            options.bits = policy == "hold-int4" ? 4 : 8
+        default:
+            options.streaming = try streaming()
+        }
         return try Engine.load(path: model, options: options)
     }
 }
@@ -92,6 +101,9 @@ extension ModelOptions {
         guard let order = LoadOrder(rawValue: loadOrder) else { throw ValidationError("--load-order must be hebf or id, got '\(loadOrder)'") }
         s.order = order
         s.prefetch = prefetch
+        if let policy {
+            do { try s.apply(policy: policy) } catch { throw ValidationError(String(describing: error)) }
+        }
         return s
     }
 }

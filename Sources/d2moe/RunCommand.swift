@@ -3,7 +3,9 @@ import D2MoE
 import Foundation
 
 struct Run: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Generate text from a prompt, streamed to stdout.")
+    static let configuration = CommandConfiguration(
+        abstract: "Generate text from a prompt, streamed to stdout.",
+        discussion: "Policies (--policy, with --memory-budget for those that stream):\n" + ExpertStreaming.policies.map { "  \($0.0): \($0.1)" }.joined(separator: "\n"))
 
     @OptionGroup var modelOptions: ModelOptions
 

@@ -109,8 +109,13 @@ final class ExpertPool: @unchecked Sendable {
     func reserve(_ bytes: Int) -> Bool {
         guard bytes <= budget else { return false }
         while used + bytes > budget {
-            let candidates = entries.values.filter { $0.pins == 0 && $0.isReady }
+            var candidates = entries.values.filter { $0.pins == 0 && $0.isReady }
             guard !candidates.isEmpty else { return false }
+            // "+Budget": base levels stay while they fill at most `lowLevelShare` of the budget.
+            if lowLevelShare > 0, Double(lowLevelBytes) <= lowLevelShare * Double(budget) {
+                let upper = candidates.filter { $0.key.level > 1 }
+                if !upper.isEmpty { candidates = upper }
+            }
             let usages = candidates.map(\.usage)
             let i = eviction.victim(among: usages, currentLayer: currentLayer, layerCount: layerCount)
             remove(candidates[i])
@@ -122,6 +127,10 @@ final class ExpertPool: @unchecked Sendable {
     }
 
     private(set) var evictions = 0
+    /// Share of the budget in which level-1 pieces are kept in preference to higher levels.
+    var lowLevelShare = 0.0
+    /// Bytes of resident or loading level-1 pieces.
+    private(set) var lowLevelBytes = 0
 
     /// Starts reading `key` into bytes already reserved; the new entry is pinned once.
     func startLoad(_ key: PieceKey) throws -> Entry {
@@ -130,6 +139,7 @@ final class ExpertPool: @unchecked Sendable {
         do { buffer = try PieceBuffer(byteCount: bytes) } catch { used -= bytes; throw error }
         let e = Entry(key: key, buffer: buffer, tick: tick)
         entries[key] = e
+        if key.level == 1 { lowLevelBytes += buffer.byteCount }
         queue.append(e)
         lock.broadcast()
         return e
@@ -140,6 +150,7 @@ final class ExpertPool: @unchecked Sendable {
         guard entries[e.key] === e else { return }
         entries[e.key] = nil
         used -= e.buffer.byteCount
+        if e.key.level == 1 { lowLevelBytes -= e.buffer.byteCount }
     }
 
     /// Cumulative time during which at least one read was in flight, up to now.

@@ -370,6 +370,8 @@ extension StreamingExperts {
         let backend = StreamingExperts(store: store, budget: budget, eviction: try EvictionPolicies.named(streaming.eviction),
                                        bitPolicy: policy, order: streaming.order, activation: activation, ioThreads: streaming.ioThreads)
         backend.prefetchEnabled = streaming.prefetch
+        guard (0...1).contains(streaming.lowLevelShare) else { throw ModelError("the base-level share must be in [0, 1]") }
+        backend.pool.lowLevelShare = streaming.lowLevelShare
         return backend
     }
 }

@@ -1,0 +1,114 @@
+import ArgumentParser
+import D2MoE
+import Foundation
+
+/// One row of a `d2moe bench` sweep.
+struct SweepRow: Codable {
+    var budget: String
+    var policy: String
+    var result: SpeedBenchmark.Result
+}
+
+extension ModelBench {
+    /// Every (budget, policy, request count), the model loaded once per (budget, policy).
+    func sweep(budgets: [String?], policies: [String?], requests counts: [Int]) throws {
+        var rows: [SweepRow] = []
+        if !json {
+            print("budget      policy        requests    pp t/s    tg t/s  RSS after load  run peak  expert MiB read/step  hit ratio per level")
+        }
+        for budget in budgets {
+            for policy in policies {
+                var options = modelOptions
+                options.memoryBudget = budget
+                options.policy = policy
+                let engine: Engine
+                do { engine = try options.load(); try attachHooks(engine, requests: counts.max()!) } catch { fail(String(describing: error)) }
+                for n in counts {
+                    let r: SpeedBenchmark.Result
+                    do {
+                        r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
+                                                   repetitions: repetitions, requests: n)
+                    } catch { fail(String(describing: error)) }
+                    let row = SweepRow(budget: r.experts == nil ? "resident" : (budget ?? "resident"), policy: policy ?? "custom", result: r)
+                    rows.append(row)
+                    if !json { print(Self.line(row, steps: max(1, repetitions) * (generateTokens + (promptTokens > 0 ? 1 : 0)))) }
+                }
+            }
+        }
+        if json { printJSON(rows) }
+        if let csv { try Self.writeCSV(rows, to: csv) }
+        if let svg { try SweepPlot.write(rows, to: svg, title: "\((modelOptions.model as NSString).lastPathComponent): generation tokens/s against the memory budget") }
+    }
+
+    static func line(_ row: SweepRow, steps: Int) -> String {
+        let r = row.result
+        let read = r.experts.map { Double($0.total.bytesRead) / 1_048_576 / Double(steps) } ?? 0
+        let hits = r.experts.map { "[" + $0.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]" } ?? "-"
+        return row.budget.padding(toLength: 12, withPad: " ", startingAt: 0) + row.policy.padding(toLength: 12, withPad: " ", startingAt: 0)
+            + String(format: "%10d %9.1f %9.2f %15@ %9@ %21.1f  %@", r.requests, r.promptTokensPerSecond, r.generationTokensPerSecond,
+                     formatBytes(r.startResidentBytes), formatBytes(r.runPeakResidentBytes), read, hits)
+    }
+
+    static func writeCSV(_ rows: [SweepRow], to path: String) throws {
+        var text = "budget,policy,requests,budget_bytes,pp_tokens_per_s,tg_tokens_per_s,resident_after_load_bytes,run_peak_rss_bytes,kv_cache_bytes,expert_bytes_read,pieces_read,hit_ratio_per_level,average_bits,io_busy_s,compute_busy_s,wall_s\n"
+        for row in rows {
+            let r = row.result, e = r.experts, t = e?.total
+            let fields: [String] = [
+                row.budget, row.policy, "\(r.requests)", "\(e?.budgetBytes ?? 0)",
+                String(format: "%.3f", r.promptTokensPerSecond), String(format: "%.3f", r.generationTokensPerSecond),
+                "\(r.startResidentBytes)", "\(r.runPeakResidentBytes)", "\(r.kvCacheBytes)", "\(t?.bytesRead ?? 0)",
+                "\(t?.piecesRead.reduce(0, +) ?? 0)", (e?.hitRatio.map { String(format: "%.4f", $0) } ?? []).joined(separator: " "),
+                String(format: "%.3f", e?.averageBits ?? 0), String(format: "%.4f", t?.ioBusy ?? 0),
+                String(format: "%.4f", t?.computeBusy ?? 0), String(format: "%.4f", t?.wall ?? 0),
+            ]
+            text += fields.joined(separator: ",") + "\n"
+        }
+        guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) else { throw ValidationError("cannot write \(path)") }
+    }
+}
+
+/// A line plot of tokens/s against budget (the paper's Fig. 10), as a standalone SVG.
+enum SweepPlot {
+    static func write(_ rows: [SweepRow], to path: String, title: String) throws {
+        let streamed = rows.filter { $0.result.experts != nil }
+        let series = Dictionary(grouping: streamed) { "\($0.policy), \($0.result.requests) req" }
+        let budgets = streamed.map { Double($0.result.experts!.budgetBytes) / 1_073_741_824 }
+        let speeds = rows.map(\.result.generationTokensPerSecond)
+        let xMax = max(budgets.max() ?? 1, 0.001) * 1.05, yMax = max(speeds.max() ?? 1, 0.001) * 1.1
+        let w = 720.0, h = 440.0, left = 70.0, right = 220.0, top = 40.0, bottom = 50.0
+        func x(_ v: Double) -> Double { left + v / xMax * (w - left - right) }
+        func y(_ v: Double) -> Double { h - bottom - v / yMax * (h - top - bottom) }
+        let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"
+        svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        svg += "<text x=\"\(left)\" y=\"22\" font-size=\"14\">\(escape(title))</text>\n"
+        svg += "<line x1=\"\(left)\" y1=\"\(y(0))\" x2=\"\(x(xMax))\" y2=\"\(y(0))\" stroke=\"black\"/><line x1=\"\(left)\" y1=\"\(y(0))\" x2=\"\(left)\" y2=\"\(y(yMax))\" stroke=\"black\"/>\n"
+        for i in 0...5 {
+            let xv = xMax * Double(i) / 5, yv = yMax * Double(i) / 5
+            svg += "<text x=\"\(x(xv))\" y=\"\(h - bottom + 18)\" text-anchor=\"middle\">\(String(format: "%.2f", xv))</text>\n"
+            svg += "<text x=\"\(left - 8)\" y=\"\(y(yv) + 4)\" text-anchor=\"end\">\(String(format: "%.1f", yv))</text>\n"
+            svg += "<line x1=\"\(left)\" y1=\"\(y(yv))\" x2=\"\(x(xMax))\" y2=\"\(y(yv))\" stroke=\"#ddd\"/>\n"
+        }
+        svg += "<text x=\"\((left + x(xMax)) / 2)\" y=\"\(h - 12)\" text-anchor=\"middle\">memory budget (GiB)</text>\n"
+        svg += "<text x=\"16\" y=\"\((top + h - bottom) / 2)\" transform=\"rotate(-90 16 \((top + h - bottom) / 2))\" text-anchor=\"middle\">generation tokens/s</text>\n"
+        for (i, name) in series.keys.sorted().enumerated() {
+            let c = colors[i % colors.count]
+            let points = series[name]!.map { (Double($0.result.experts!.budgetBytes) / 1_073_741_824, $0.result.generationTokensPerSecond) }.sorted { $0.0 < $1.0 }
+            svg += "<polyline fill=\"none\" stroke=\"\(c)\" stroke-width=\"2\" points=\"" + points.map { "\(x($0.0)),\(y($0.1))" }.joined(separator: " ") + "\"/>\n"
+            for p in points { svg += "<circle cx=\"\(x(p.0))\" cy=\"\(y(p.1))\" r=\"3\" fill=\"\(c)\"/>\n" }
+            svg += "<rect x=\"\(w - right + 15)\" y=\"\(top + Double(i) * 18)\" width=\"12\" height=\"12\" fill=\"\(c)\"/><text x=\"\(w - right + 32)\" y=\"\(top + Double(i) * 18 + 10)\">\(escape(name))</text>\n"
+        }
+        // Models held wholly in memory: dashed horizontal lines.
+        for (i, row) in rows.filter({ $0.result.experts == nil }).enumerated() {
+            let v = row.result.generationTokensPerSecond
+            svg += "<line x1=\"\(left)\" y1=\"\(y(v))\" x2=\"\(x(xMax))\" y2=\"\(y(v))\" stroke=\"#555\" stroke-dasharray=\"6 4\"/>"
+            svg += "<text x=\"\(w - right + 15)\" y=\"\(top + Double(series.count + i) * 18 + 10)\">--- \(escape(row.policy)), \(row.result.requests) req (all resident)</text>\n"
+        }
+        svg += "</svg>\n"
+        guard FileManager.default.createFile(atPath: path, contents: Data(svg.utf8)) else { throw ValidationError("cannot write \(path)") }
+    }
+
+    private static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+}
