@@ -1,4 +1,5 @@
 import Foundation
+import CD2MoEKernels
 
 /// Measures how fast this machine reads memory, the limit of batch-1 decoding: the bytes of
 /// weights a token touches divided by this is the best possible time per token.
@@ -33,5 +34,13 @@ public enum MemoryBandwidth {
             best = max(best, Double(count * 4) / seconds)
         }
         return best
+    }
+}
+
+/// CRC-32 (IEEE 802.3, zlib's) in the C target, slicing by 8.
+public enum FastCRC32 {
+    public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+        guard let base = bytes.baseAddress else { return crc }
+        return d2moe_crc32(crc, base, bytes.count)
     }
 }

@@ -40,6 +40,24 @@ struct MWQTests {
         }
     }
 
+    /// The sliced C checksum equals the byte-wise reference at every length and alignment, and
+    /// the standard check value.
+    @Test func fastCRC32MatchesTheReference() {
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+        var bytes = [UInt8](repeating: 0, count: 1 << 20)
+        var s: UInt64 = 7
+        for i in bytes.indices { s = s &* 6364136223846793005 &+ 1442695040888963407; bytes[i] = UInt8(s >> 56) }
+        bytes.withUnsafeBytes { all in
+            for offset in 0..<9 {
+                for n in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4096] {
+                    let part = UnsafeRawBufferPointer(rebasing: all[offset..<(offset + n)])
+                    #expect(CRC32.checksum(part) == CRC32.referenceChecksum(part), "offset \(offset), \(n) bytes")
+                }
+            }
+            #expect(CRC32.checksum(all) == CRC32.referenceChecksum(all))
+        }
+    }
+
     @Test func levelsRoundTripThroughTheirBytes() throws {
         let m = try Self.quantize(Self.weights(5 * 256, seed: 2), rows: 5, cols: 256, group: 64, base: 3, signs: 3)
         for k in 0..<m.levels.count {

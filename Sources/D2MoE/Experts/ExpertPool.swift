@@ -44,7 +44,9 @@ final class ExpertPool: @unchecked Sendable {
     let layerCount: Int
 
     // I/O state, under `lock`.
-    private var queue: [Entry] = []
+    /// Reads waiting for a thread; a taken slot is cleared at once, so no evicted piece's buffer
+    /// outlives its accounting.
+    private var queue: [Entry?] = []
     private var queueHead = 0
     private var inFlight = 0
     private var ioIntervalStart = DispatchTime.now().uptimeNanoseconds
@@ -167,7 +169,8 @@ final class ExpertPool: @unchecked Sendable {
         while true {
             while queueHead == queue.count && !stopped { lock.wait() }
             if stopped { break }
-            let e = queue[queueHead]
+            guard let e = queue[queueHead] else { queueHead += 1; continue }
+            queue[queueHead] = nil
             queueHead += 1
             if queueHead > 1024 && queueHead * 2 > queue.count {
                 queue.removeFirst(queueHead)
