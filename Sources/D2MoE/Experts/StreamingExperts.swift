@@ -27,6 +27,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
     private let scratch = Scratch()
     /// `--prefetch`: read the next MoE layer's likely experts while this one computes.
     public var prefetchEnabled = false
+    public var wantsPrefetch: Bool { prefetchEnabled }
     /// The next layer's predicted routes, queued once this layer's own pieces are admitted.
     private var scheduledPrefetch: (layer: Int, routes: ExpertRoutes)?
     /// Prefetched pieces, pinned (protected) until their layer's step has run: layer → entries.

@@ -30,6 +30,16 @@ public protocol ExpertBackend: AnyObject {
     /// out[t] += Σ_j weights[t, j] · expert_{experts[t, j]}(x[t]) for MoE layer `layer`.
     /// x, out: [tokens, hidden].
     func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes, output out: UnsafeMutablePointer<Float>) throws
+    /// True when the backend wants the next MoE layer's predicted routes (`schedulePrefetch`).
+    var wantsPrefetch: Bool { get }
+    /// `routes`: the next MoE layer `layer`'s router applied to the current layer's input.
+    func schedulePrefetch(layer: Int, routes: ExpertRoutes)
+}
+
+extension ExpertBackend {
+    /// Resident backends have nothing to read ahead.
+    public var wantsPrefetch: Bool { false }
+    public func schedulePrefetch(layer: Int, routes: ExpertRoutes) {}
 }
 
 /// Sees (and may replace) the experts the router chose: trace replay and trace recording.

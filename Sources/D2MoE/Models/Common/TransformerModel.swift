@@ -129,8 +129,8 @@ public final class TransformerModel: @unchecked Sendable {
             case .sparse(let moe):
                 guard let experts else { throw ModelError("model has MoE layers but no expert backend") }
                 // Next-layer prefetch: the next MoE layer's router on this layer's input predicts its experts.
-                if let streamed = experts as? StreamingExperts, streamed.prefetchEnabled, let next = nextMoE[l] {
-                    streamed.schedulePrefetch(layer: next.moeLayer, routes: next.route(xn, tokens: tokens, scratch: scratch))
+                if experts.wantsPrefetch, let next = nextMoE[l] {
+                    experts.schedulePrefetch(layer: next.moeLayer, routes: next.route(xn, tokens: tokens, scratch: scratch))
                 }
                 let observe: ExpertObservation? = observer.map { o in
                     { e, input, a, n, intermediate in
