@@ -11,6 +11,10 @@ import D2MoEKernels
 ///   expert (in the record's matrix order), then level 2 of every matrix, and so on. Level k is
 ///   a byte prefix of the record and going from level j to k is one contiguous range. Each
 ///   level's bytes carry their own CRC-32.
+///
+/// With `quantization.nested == false` (the matryoshka-free baseline of DESIGN §3.6) a record's
+/// levels are instead independent copies: level k holds every matrix as a `bits[k]`-bit base
+/// alone, and computing at level k reads that level only.
 public struct MWQHeader: Codable, Sendable {
     public var format = "d2moe-mwq"
     public var version = MWQFile.version
@@ -37,9 +41,29 @@ public struct MWQHeader: Codable, Sendable {
         public var scales: String
         /// Element type of resident matrices: "f16", "bf16", "f32" or "q8_0".
         public var resident: String
-        public init(scheme: String, bits: [Int], group: Int, scales: String, resident: String) {
+        /// False when the levels are separate copies rather than prefixes; absent (nil) means
+        /// nested, as in files written before the field existed.
+        public var nested: Bool?
+        public init(scheme: String, bits: [Int], group: Int, scales: String, resident: String, nested: Bool = true) {
             self.scheme = scheme; self.bits = bits; self.group = group; self.scales = scales; self.resident = resident
+            self.nested = nested ? nil : false
         }
+
+        public var isNested: Bool { nested ?? true }
+
+        /// Bytes of level `k` (0-based) of one [rows × cols] matrix on disk.
+        public func levelByteCount(_ k: Int, rows: Int, cols: Int) -> Int {
+            if !isNested { return MWQMatrix.baseByteCount(rows: rows, cols: cols, group: group, baseBits: bits[k]) }
+            return k == 0 ? MWQMatrix.baseByteCount(rows: rows, cols: cols, group: group, baseBits: bits[0])
+                : MWQMatrix.signByteCount(rows: rows, cols: cols, group: group)
+        }
+
+        /// The 1-based levels whose bytes computing at `level` reads: all up to it when nested,
+        /// the level's own copy otherwise.
+        public func levelsRead(at level: Int) -> ClosedRange<Int> { isNested ? 1...level : level...level }
+
+        /// Base bits of the matrix computed at `level` (1-based).
+        public func baseBits(at level: Int) -> Int { isNested ? bits[0] : bits[level - 1] }
     }
 
     public struct ResidentTensor: Codable, Sendable {
@@ -122,7 +146,8 @@ public indirect enum JSONValue: Codable, Sendable, Equatable {
 public struct MWQWriter {
     public var header: MWQHeader
     private var residentData: [(name: String, shape: [Int], dtype: String, bytes: [UInt8])] = []
-    private var records: [(layer: Int, expert: Int, matrices: [(String, MWQMatrix)])] = []
+    /// Each record's level bytes as they will be stored, and its matrices' names and shapes.
+    private var records: [(layer: Int, expert: Int, matrices: [MWQHeader.ExpertRecord.Matrix], levels: [[UInt8]])] = []
 
     public init(modelType: String, config: JSONValue, tokenizer: JSONValue, quantization: MWQHeader.Quantization) {
         header = MWQHeader(modelType: modelType, config: config, tokenizer: tokenizer, quantization: quantization,
@@ -149,7 +174,26 @@ public struct MWQWriter {
         guard let levels = matrices.first?.matrix.levels.count, matrices.allSatisfy({ $0.matrix.levels.count == levels }) else {
             throw FormatError("MWQ", "expert (\(layer), \(expert)) has no matrices or matrices with different level counts")
         }
-        records.append((layer, expert, matrices.map { ($0.name, $0.matrix) }))
+        guard header.quantization.isNested, levels == header.quantization.bits.count else {
+            throw FormatError("MWQ", "expert (\(layer), \(expert)) has \(levels) nested levels; the file's quantization wants \(header.quantization.bits.count)\(header.quantization.isNested ? "" : " separate copies (addExpertCopies)")")
+        }
+        let stored = (0..<levels).map { k in matrices.flatMap { $0.matrix.levelBytes(k) } }
+        records.append((layer, expert, matrices.map { .init(name: $0.name, rows: $0.matrix.rows, cols: $0.matrix.cols) }, stored))
+    }
+
+    /// One (layer, expert) record of separate copies (quantization `nested: false`): for each
+    /// matrix, one single-level matrix per entry of `quantization.bits`, at those base bits.
+    public mutating func addExpertCopies(layer: Int, expert: Int, matrices: [(name: String, copies: [MWQMatrix])]) throws {
+        let q = header.quantization
+        guard !q.isNested, !matrices.isEmpty else { throw FormatError("MWQ", "separate copies need a quantization with nested: false") }
+        for (name, copies) in matrices {
+            guard copies.count == q.bits.count, zip(copies, q.bits).allSatisfy({ $0.levels.count == 1 && $0.baseBits == $1 }),
+                  copies.allSatisfy({ $0.rows == copies[0].rows && $0.cols == copies[0].cols }) else {
+                throw FormatError("MWQ", "'\(name)' needs one single-level copy at each of \(q.bits) bits, of one shape")
+            }
+        }
+        let stored = q.bits.indices.map { k in matrices.flatMap { $0.copies[k].levelBytes(0) } }
+        records.append((layer, expert, matrices.map { .init(name: $0.name, rows: $0.copies[0].rows, cols: $0.copies[0].cols) }, stored))
     }
 
     public func write(to path: String) throws {
@@ -166,18 +210,9 @@ public struct MWQWriter {
         var recordBlobs: [[UInt8]] = []
         var experts: [MWQHeader.ExpertRecord] = []
         for r in records {
-            let levelCount = r.matrices[0].1.levels.count
-            var blob = [UInt8](), sizes: [Int] = [], crcs: [UInt32] = []
-            for k in 0..<levelCount {
-                var level = [UInt8]()
-                for (_, m) in r.matrices { level += m.levelBytes(k) }
-                sizes.append(level.count)
-                crcs.append(CRC32.checksum(level))
-                blob += level
-            }
-            recordBlobs.append(blob)
-            experts.append(.init(layer: r.layer, expert: r.expert, offset: 0, levelBytes: sizes, levelCRC32: crcs,
-                                 matrices: r.matrices.map { .init(name: $0.0, rows: $0.1.rows, cols: $0.1.cols) }))
+            recordBlobs.append(Array(r.levels.joined()))
+            experts.append(.init(layer: r.layer, expert: r.expert, offset: 0, levelBytes: r.levels.map(\.count),
+                                 levelCRC32: r.levels.map { CRC32.checksum($0) }, matrices: r.matrices))
         }
         header.residentBytes = residentBlob.count
         header.residentCRC32 = CRC32.checksum(residentBlob)
@@ -275,12 +310,10 @@ public final class MWQFile: @unchecked Sendable {
             guard e.levelBytes.count == q.bits.count, e.levelCRC32.count == q.bits.count else {
                 throw FormatError(path, "expert (\(e.layer), \(e.expert)) has \(e.levelBytes.count) levels, the file says \(q.bits.count)")
             }
-            let baseBits = q.bits[0]
             var expected = [Int](repeating: 0, count: q.bits.count)
             for m in e.matrices {
                 guard m.rows > 0, m.cols > 0, m.cols % q.group == 0 else { throw FormatError(path, "matrix '\(m.name)' has a bad shape") }
-                expected[0] += MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: q.group, baseBits: baseBits)
-                for k in 1..<q.bits.count { expected[k] += MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: q.group) }
+                for k in 0..<q.bits.count { expected[k] += q.levelByteCount(k, rows: m.rows, cols: m.cols) }
                 x[m.name] = (i, x.count)
             }
             guard expected == e.levelBytes else { throw FormatError(path, "expert (\(e.layer), \(e.expert)) level sizes do not match its matrices") }
@@ -309,16 +342,16 @@ public final class MWQFile: @unchecked Sendable {
         return out
     }
 
-    /// The bytes of levels 1...`level` of a record, checked against their CRC-32s.
+    /// The bytes of levels 1...`level` of a record, the levels computing at `level` reads
+    /// checked against their CRC-32s.
     public func verifiedPrefix(_ e: MWQHeader.ExpertRecord, level: Int) throws -> UnsafeRawBufferPointer {
         let bytes = try file.bytes(at: e.offset, count: e.prefixBytes(level: level), what: "expert (\(e.layer), \(e.expert))")
-        var at = 0
-        for k in 0..<level {
+        for k in header.quantization.levelsRead(at: level).map({ $0 - 1 }) {
+            let at = e.prefixBytes(level: k)
             let part = UnsafeRawBufferPointer(rebasing: bytes[at..<(at + e.levelBytes[k])])
             guard CRC32.checksum(part) == e.levelCRC32[k] else {
                 throw FormatError(path, "expert (\(e.layer), \(e.expert)) level \(k + 1) checksum mismatch (the file is corrupt)")
             }
-            at += e.levelBytes[k]
         }
         return bytes
     }
@@ -333,8 +366,7 @@ public final class MWQFile: @unchecked Sendable {
         for k in 0..<q.bits.count {
             var at = levelStart
             for m in e.matrices {
-                let n = k == 0 ? MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0])
-                    : MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: q.group)
+                let n = q.levelByteCount(k, rows: m.rows, cols: m.cols)
                 if m.name == name { ranges.append(at..<(at + n)) }
                 at += n
             }
@@ -343,18 +375,20 @@ public final class MWQFile: @unchecked Sendable {
         return (e, ranges)
     }
 
-    /// Matrix `name` with levels 1...`level`, parsed from the record (checksums verified).
+    /// Matrix `name` as computed at `level`, parsed from the record (checksums verified): levels
+    /// 1...`level` when nested, else the level's copy alone (a one-level matrix).
     public func matrix(_ name: String, level: Int) throws -> MWQMatrix {
         guard let (e, ranges) = levelRanges(of: name) else { throw FormatError(path, "no quantized matrix '\(name)'") }
         let q = header.quantization
         guard (1...q.bits.count).contains(level) else { throw FormatError(path, "level \(level) is outside 1...\(q.bits.count)") }
         let bytes = try verifiedPrefix(e, level: level)
         let m = e.matrices.first { $0.name == name }!
-        let levels = try (0..<level).map { k in
-            try MWQMatrix.level(k, from: UnsafeRawBufferPointer(rebasing: bytes[ranges[k]]),
-                                rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0])
+        let baseBits = q.baseBits(at: level)
+        let levels = try q.levelsRead(at: level).enumerated().map { i, k in
+            try MWQMatrix.level(i, from: UnsafeRawBufferPointer(rebasing: bytes[ranges[k - 1]]),
+                                rows: m.rows, cols: m.cols, group: q.group, baseBits: baseBits)
         }
-        return MWQMatrix(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0], levels: levels)
+        return MWQMatrix(rows: m.rows, cols: m.cols, group: q.group, baseBits: baseBits, levels: levels)
     }
 }
 

@@ -88,7 +88,8 @@ public struct MWQStreamWriter {
     public init(modelType: String, config: JSONValue, tokenizer: JSONValue, quantization: MWQHeader.Quantization,
                 resident: [ResidentDeclaration], records: [RecordDeclaration]) throws {
         let q = quantization
-        guard MWQMatrixView.validGroup(q.group), !q.bits.isEmpty, (1...8).contains(q.bits[0]) else {
+        guard MWQMatrixView.validGroup(q.group), !q.bits.isEmpty, (1...8).contains(q.bits[0]),
+              q.isNested || q.bits.allSatisfy({ (1...8).contains($0) }) else {
             throw FormatError("MWQ", "group \(q.group) with bits \(q.bits) is not a valid MWQ quantization")
         }
         var names = Set<String>()
@@ -126,10 +127,7 @@ public struct MWQStreamWriter {
         header.residentBytes = at
         let levelBytes = records.map { r in
             (0..<q.bits.count).map { k in
-                r.matrices.reduce(0) { sum, m in
-                    sum + (k == 0 ? MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0])
-                                  : MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: q.group))
-                }
+                r.matrices.reduce(0) { $0 + q.levelByteCount(k, rows: $1.rows, cols: $1.cols) }
             }
         }
         // The header's size depends on the offsets it records: iterate until it is stable.
@@ -230,8 +228,7 @@ public struct MWQStreamWriter {
             for k in 0..<q.bits.count {
                 let levelStart = at
                 for (mi, m) in r.matrices.enumerated() {
-                    let n = k == 0 ? MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0])
-                        : MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: q.group)
+                    let n = q.levelByteCount(k, rows: m.rows, cols: m.cols)
                     let buffer = UnsafeMutableRawBufferPointer(rebasing: record[at..<(at + n)])
                     buffer.initializeMemory(as: UInt8.self, repeating: 0)
                     try fillLevel(ri, k, mi, buffer)

@@ -12,7 +12,7 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Output .mwq file (written atomically).")
     var out: String
 
-    @Option(name: .long, help: "v1 = {2,3,4} bits, v2 = {5,6,7,8}, mwqA-B (e.g. mwq3-6), or rtnN (independent round-to-nearest at N bits).")
+    @Option(name: .long, help: "v1 = {2,3,4} bits, v2 = {5,6,7,8}, mwqA-B (e.g. mwq3-6), rtnN (independent round-to-nearest at N bits), or mfree / copiesA-B (separate RTN copies at 2,3,4 / A…B bits, for --policy matryoshka-free).")
     var scheme: String = "v1"
 
     @Option(name: .long, help: "Group size along the input dimension: 32, 64 or 128.")

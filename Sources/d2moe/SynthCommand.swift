@@ -10,7 +10,7 @@ struct Synth: ParsableCommand {
     @Option(name: .long, help: "The shape: olmoe-1b-7b, qwen1.5-moe-a2.7b, mixtral-8x7b, deepseek-v2-lite, tiny-moe, … (see --list).")
     var shape: String?
 
-    @Option(name: .long, help: "v1 = {2,3,4} bits, v2 = {5,6,7,8}, mwqA-B (e.g. mwq3-6), or rtnN (one N-bit base level).")
+    @Option(name: .long, help: "v1 = {2,3,4} bits, v2 = {5,6,7,8}, mwqA-B (e.g. mwq3-6), rtnN (one N-bit base level), or mfree / copiesA-B (separate copies at 2,3,4 / A…B bits, for --policy matryoshka-free).")
     var scheme: String = "v1"
 
     @Option(name: .long, help: "Output .mwq file (written atomically).")

@@ -5,26 +5,39 @@ import D2MoEFormats
 /// one expert) quantized to nested bit-widths, everything else resident.
 public enum MWQConverter {
     /// A quantization scheme: `v1` = {2,3,4}, `v2` = {5,6,7,8}, `mwqA-B` any contiguous range,
-    /// `rtnN` = independent round-to-nearest at N bits (a base level alone).
+    /// `rtnN` = independent round-to-nearest at N bits (a base level alone); `mfree` = separate
+    /// RTN copies at 2, 3 and 4 bits and `copiesA-B` at A…B bits (the matryoshka-free baseline:
+    /// each level a whole copy, not a prefix).
     public struct Scheme: Sendable {
         public let name: String
         public let bits: [Int]
+        /// False for separate copies.
+        public let nested: Bool
 
         public init(_ name: String) throws {
             self.name = name
+            func range(_ rest: Substring) -> [Int]? {
+                let parts = rest.split(separator: "-")
+                guard parts.count == 2, let lo = Int(parts[0]), let hi = Int(parts[1]), (1...8).contains(lo), hi >= lo, hi <= 16 else { return nil }
+                return Array(lo...hi)
+            }
+            var nested = true
             switch name {
             case "v1": bits = [2, 3, 4]
             case "v2": bits = [5, 6, 7, 8]
+            case "mfree": bits = [2, 3, 4]; nested = false
             default:
                 if name.hasPrefix("rtn"), let b = Int(name.dropFirst(3)), (1...8).contains(b) {
                     bits = [b]
-                } else if name.hasPrefix("mwq"), case let parts = name.dropFirst(3).split(separator: "-"), parts.count == 2,
-                          let lo = Int(parts[0]), let hi = Int(parts[1]), (1...8).contains(lo), hi >= lo, hi <= 16 {
-                    bits = Array(lo...hi)
+                } else if name.hasPrefix("mwq"), let r = range(name.dropFirst(3)) {
+                    bits = r
+                } else if name.hasPrefix("copies"), let r = range(name.dropFirst(6)), r.last! <= 8 {
+                    bits = r; nested = false
                 } else {
-                    throw ModelError("unknown scheme '\(name)' (v1, v2, mwqA-B such as mwq3-6, rtn1 … rtn8)")
+                    throw ModelError("unknown scheme '\(name)' (v1, v2, mwqA-B such as mwq3-6, rtn1 … rtn8, mfree, copiesA-B such as copies2-4)")
                 }
             }
+            self.nested = nested
         }
     }
 
@@ -94,7 +107,8 @@ public enum MWQConverter {
         let tokenizer: JSONValue = source.gguf.map { .object(["kind": .string("gguf"), "metadata": GGUFMetadata.tokenizerJSON($0)]) }
             ?? TokenizerLoader.folderFilesJSON(source.folder!)
         var writer = MWQWriter(modelType: source.modelType, config: try jsonValue(source.config), tokenizer: tokenizer,
-                               quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "minmax", resident: resident))
+                               quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "minmax", resident: resident,
+                                                   nested: scheme.nested))
         var summary = Summary(expertRecords: 0, quantizedWeights: 0, residentBytes: 0,
                               expertBytesPerLevel: Array(repeating: 0, count: scheme.bits.count),
                               nmsePerLevel: Array(repeating: 0, count: scheme.bits.count), group: group, seconds: 0,
@@ -119,7 +133,7 @@ public enum MWQConverter {
             writer.header.quantization.scales = gptq ? "calibrated+gptq" : "calibrated"
         }
         var uncalibrated = Set<String>()
-        var records: [String: [(name: String, matrix: MWQMatrix)]] = [:]
+        var records: [String: [(name: String, copies: [MWQMatrix])]] = [:]
         var order: [(Int, Int)] = []
         for name in names {
             let shape = source.weights.shape(of: name) ?? []
@@ -139,21 +153,26 @@ public enum MWQConverter {
                     }
                     if seen == nil { uncalibrated.insert(id) }
                 }
-                let m = try values.withUnsafeBufferPointer { v -> MWQMatrix in
-                    if gptq, let seen {
-                        return try MWQMatrix.quantizeGPTQ(v, rows: shape[0], cols: shape[1], group: group, baseBits: scheme.bits[0],
-                                                          signLevels: scheme.bits.count - 1, hessian: seen.gram)
+                // Nested: one matrix with every level; separate copies: one base-only matrix per bit-width.
+                let plan: [(base: Int, signs: Int)] = scheme.nested ? [(scheme.bits[0], scheme.bits.count - 1)] : scheme.bits.map { ($0, 0) }
+                let copies = try values.withUnsafeBufferPointer { v in
+                    try plan.map { p -> MWQMatrix in
+                        if gptq, let seen {
+                            return try MWQMatrix.quantizeGPTQ(v, rows: shape[0], cols: shape[1], group: group, baseBits: p.base,
+                                                              signLevels: p.signs, hessian: seen.gram)
+                        }
+                        return try MWQMatrix.quantize(v, rows: shape[0], cols: shape[1], group: group, baseBits: p.base,
+                                                      signLevels: p.signs, importance: seen?.squares)
                     }
-                    return try MWQMatrix.quantize(v, rows: shape[0], cols: shape[1], group: group, baseBits: scheme.bits[0],
-                                                  signLevels: scheme.bits.count - 1, importance: seen?.squares)
                 }
                 if records[id] == nil { order.append((key.layer, key.expert)) }
-                records[id, default: []].append((name, m))
+                records[id, default: []].append((name, copies))
                 summary.quantizedWeights += values.count
-                for k in 0..<m.levels.count {
-                    summary.expertBytesPerLevel[k] += m.storedByteCount(k)
+                for k in scheme.bits.indices {
+                    let (m, level) = scheme.nested ? (copies[0], k) : (copies[k], 0)
+                    summary.expertBytesPerLevel[k] += m.storedByteCount(level)
                     // Squared error summed here, divided by ΣW² at the end.
-                    summary.nmsePerLevel[k] += zip(m.dequantize(level: k + 1), values).reduce(0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) }
+                    summary.nmsePerLevel[k] += zip(m.dequantize(level: level + 1), values).reduce(0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) }
                 }
                 weightSquares += values.reduce(0) { $0 + Double($1 * $1) }
                 progress("quantized \(name) \(shape)")
@@ -167,7 +186,12 @@ public enum MWQConverter {
             }
         }
         for (layer, expert) in order {
-            try writer.addExpert(layer: layer, expert: expert, matrices: records["\(layer).\(expert)"]!)
+            let matrices = records["\(layer).\(expert)"]!
+            if scheme.nested {
+                try writer.addExpert(layer: layer, expert: expert, matrices: matrices.map { ($0.name, $0.copies[0]) })
+            } else {
+                try writer.addExpertCopies(layer: layer, expert: expert, matrices: matrices)
+            }
         }
         summary.nmsePerLevel = summary.nmsePerLevel.map { $0 / max(weightSquares, .leastNormalMagnitude) }
         summary.expertRecords = order.count

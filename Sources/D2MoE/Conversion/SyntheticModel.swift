@@ -203,7 +203,8 @@ public enum SyntheticModel {
             self.fills = fills
             writer = try MWQStreamWriter(
                 modelType: shape.modelType, config: Self.config(shape, seed: seed), tokenizer: Self.tokenizer(vocab: shape.vocab),
-                quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "synthetic", resident: residentType),
+                quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "synthetic", resident: residentType,
+                                    nested: scheme.nested),
                 resident: declarations, records: Self.records(shape))
         }
 
@@ -409,10 +410,12 @@ public enum SyntheticModel {
         /// Level `level` (0-based) of matrix `matrix` of record `record`, generated as tiles.
         func fillLevel(_ record: Int, _ level: Int, _ matrix: Int, _ buffer: UnsafeMutableRawBufferPointer) throws {
             let m = writer.records[record].matrices[matrix]
-            let b1 = scheme.bits[0], g = group
+            // A separate copy (not nested) is a base level of its own bits.
+            let isBase = level == 0 || !scheme.nested
+            let b1 = scheme.nested ? scheme.bits[0] : scheme.bits[level], g = group
             let G = m.cols / g, blocks = (m.rows + 31) / 32
-            let planeBytes = (level == 0 ? b1 : 1) * 4 * g
-            let tile = MWQMatrixView.tileBytes(level: level + 1, group: g, baseBits: b1)
+            let planeBytes = (isBase ? b1 : 1) * 4 * g
+            let tile = MWQMatrixView.tileBytes(level: isBase ? 1 : level + 1, group: g, baseBits: b1)
             precondition(buffer.count == blocks * G * tile, "SyntheticModel: level buffer size")
             let maxCode = Float((1 << b1) - 1)
             let nominal: Float = 0.02 * 2 / maxCode
@@ -435,7 +438,7 @@ public enum SyntheticModel {
                     let scales = t + planeBytes
                     for i in 0..<validRows {
                         let s = nominal * (0.75 + 0.5 * factors.unitFloat())
-                        if level == 0 {
+                        if isBase {
                             scales.storeBytes(of: SyntheticModel.half(s).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
                             scales.storeBytes(of: SyntheticModel.half(-s * maxCode / 2).littleEndian, toByteOffset: 64 + 2 * i, as: UInt16.self)
                         } else {

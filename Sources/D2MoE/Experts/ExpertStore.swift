@@ -43,7 +43,7 @@ final class ExpertStore: @unchecked Sendable {
     let file: MWQFile
     let levels: Int
     let group: Int
-    let baseBits: Int
+    let quantization: MWQHeader.Quantization
     let hidden: Int
     let intermediate: Int
     let expertCount: Int
@@ -63,7 +63,7 @@ final class ExpertStore: @unchecked Sendable {
         let q = file.header.quantization
         levels = q.bits.count
         group = q.group
-        baseBits = q.bits[0]
+        quantization = q
         self.hidden = hidden
         self.intermediate = intermediate
         self.expertCount = expertCount
@@ -131,8 +131,7 @@ final class ExpertStore: @unchecked Sendable {
                 }
                 offsets[k][r] = at
                 seen.insert(r)
-                at += k == 0 ? MWQMatrix.baseByteCount(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0])
-                    : MWQMatrix.signByteCount(rows: m.rows, cols: m.cols, group: q.group)
+                at += q.levelByteCount(k, rows: m.rows, cols: m.cols)
             }
         }
         guard seen.count == 3 else { throw ModelError("\(file.path): expert (\(e.layer), \(e.expert)) lacks a gate, up or down projection") }
@@ -140,6 +139,10 @@ final class ExpertStore: @unchecked Sendable {
         for b in e.levelBytes { levelOffsets.append(at); at += b }
         return Record(levelOffsets: levelOffsets, levelBytes: e.levelBytes, levelCRC32: e.levelCRC32, matrixOffsets: offsets)
     }
+
+    /// The levels (1-based) whose pieces computing at `level` needs: 1...level when nested, the
+    /// level's own copy otherwise.
+    func levelsRead(at level: Int) -> ClosedRange<Int> { quantization.levelsRead(at: level) }
 
     /// Bytes a piece occupies in the pool: its aligned read span under direct I/O.
     func allocationBytes(_ key: PieceKey) -> Int {

@@ -102,14 +102,14 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         let levelCount = store.levels
         var levels = [Int](repeating: levelCount, count: routes.experts.count)
         bitPolicy.levels(layer: layer, routes: routes, nExperts: store.expertCount, levelCount: levelCount, into: &levels)
-        var need = [Int: Int](), count = [Int: Int]()
+        var need = [Int: Set<Int>](), count = [Int: Int]()
         for (s, e) in routes.experts.enumerated() {
-            need[Int(e)] = max(need[Int(e)] ?? 0, levels[s])
+            need[Int(e), default: []].formUnion(store.levelsRead(at: levels[s]))
             count[Int(e), default: 0] += 1
         }
-        // Hottest predicted experts first, all their levels.
+        // Hottest predicted experts first, all the levels they will read.
         for e in need.keys.sorted(by: { (count[$0]!, -$0) > (count[$1]!, -$1) }) {
-            let keys = (1...need[e]!).map { PieceKey(layer: layer, expert: e, level: $0) }.filter { pool.entries[$0] == nil }
+            let keys = need[e]!.sorted().map { PieceKey(layer: layer, expert: e, level: $0) }.filter { pool.entries[$0] == nil }
             guard !keys.isEmpty else { continue }
             guard pool.reserve(keys.reduce(0) { $0 + store.allocationBytes($1) }) else { break }
             for key in keys {
@@ -138,7 +138,6 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         var layerStats = ExpertStreamStats.Layer(levels: levelCount)
         // B[e][k]: tokens of expert e at level k; tokens needing level k of e are those at ≥ k.
         var groupIndex = [Int: Int](), groups: [Group] = []
-        var need = [Int](repeating: 0, count: nExperts)
         var tokensAt = [[Int]](repeating: [Int](repeating: 0, count: levelCount + 1), count: nExperts)
         for s in 0..<slots {
             let e = Int(routes.experts[s]), l = levels[s]
@@ -148,12 +147,22 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                 groupIndex[key] = groups.count
                 groups.append(Group(expert: e, level: l, slots: [s]))
             }
-            need[e] = max(need[e], l)
             tokensAt[e][l] += 1
             layerStats.expertTokens[l - 1] += 1
         }
-        let experts = (0..<nExperts).filter { need[$0] > 0 }
-        func needing(_ e: Int, _ k: Int) -> Int { tokensAt[e][k...].reduce(0, +) }
+        let experts = (0..<nExperts).filter { e in tokensAt[e].contains { $0 > 0 } }
+        // The levels (pieces) each expert's groups read, ascending: 1...highest when nested, the
+        // levels used otherwise.
+        var wanted = [[Int]](repeating: [], count: nExperts)
+        for e in experts {
+            var set = Set<Int>()
+            for l in 1...levelCount where tokensAt[e][l] > 0 { set.formUnion(store.levelsRead(at: l)) }
+            wanted[e] = set.sorted()
+        }
+        /// Tokens that need piece k of expert e.
+        func needing(_ e: Int, _ k: Int) -> Int {
+            (1...levelCount).reduce(0) { $0 + (store.levelsRead(at: $1).contains(k) ? tokensAt[e][$1] : 0) }
+        }
 
         // The order missing pieces are read in, from the pool as it is now.
         pool.lock.lock()
@@ -161,7 +170,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         var missing: [PieceKey] = []
         var missingPerExpert = [Int: [Int]]()
         for e in experts {
-            for k in 1...need[e] where pool.entries[PieceKey(layer: layer, expert: e, level: k)] == nil {
+            for k in wanted[e] where pool.entries[PieceKey(layer: layer, expert: e, level: k)] == nil {
                 missingPerExpert[e, default: []].append(k)
             }
         }
@@ -190,7 +199,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         for (i, key) in missing.enumerated() where firstMissing[key.expert] == nil { firstMissing[key.expert] = i }
         let pending = experts.sorted { (firstMissing[$0] ?? -1, $0) < (firstMissing[$1] ?? -1, $1) }
         var pendingHead = 0
-        var pinned = [Int: [ExpertPool.Entry]]()  // expert → its pieces 1...need, pinned
+        var pinned = [Int: [ExpertPool.Entry?]]()  // expert → its wanted pieces by level − 1, pinned
         var remainingGroups = [Int](repeating: 0, count: nExperts)
         for g in groups { remainingGroups[g.expert] += 1 }
         var done = [Bool](repeating: false, count: groups.count)
@@ -207,7 +216,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         defer {
             // On every exit (errors included) give back the pins this step holds, and the
             // protection of what was prefetched for it.
-            for entries in pinned.values { for e in entries { pool.unpin(e) } }
+            for entries in pinned.values { for case let e? in entries { pool.unpin(e) } }
             for e in prefetchPins.removeValue(forKey: layer) ?? [] { pool.unpin(e) }
             pool.lock.unlock()
         }
@@ -215,11 +224,11 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         /// Pins the expert's resident pieces and reserves and queues its missing ones; false
         /// (holding nothing) when the pool cannot make room now.
         func admit(_ e: Int) throws -> Bool {
-            var held: [ExpertPool.Entry?] = []
+            var held = [ExpertPool.Entry?](repeating: nil, count: levelCount)
             var absent: [Int] = []
-            for k in 1...need[e] {
+            for k in wanted[e] {
                 let key = PieceKey(layer: layer, expert: e, level: k)
-                if let entry = try pool.entry(key) { pool.pin(entry); held.append(entry) } else { held.append(nil); absent.append(k) }
+                if let entry = try pool.entry(key) { pool.pin(entry); held[k - 1] = entry } else { absent.append(k) }
             }
             let bytes = absent.reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
             guard pool.reserve(bytes) else {
@@ -234,11 +243,11 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                 started[key.level] = try pool.startLoad(key)
                 layerStats.piecesRead[key.level - 1] += 1
             }
-            for k in 1...need[e] where held[k - 1] != nil {
+            for k in wanted[e] where held[k - 1] != nil {
                 layerStats.hits[k - 1] += 1
                 if held[k - 1]!.prefetched { layerStats.prefetchHits += 1; held[k - 1]!.prefetched = false }
             }
-            pinned[e] = (1...need[e]).map { held[$0 - 1] ?? started[$0]! }
+            pinned[e] = (1...levelCount).map { held[$0 - 1] ?? started[$0] }
             return true
         }
 
@@ -254,8 +263,8 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             for (i, g) in groups.enumerated() where !done[i] {
                 guard let entries = pinned[g.expert] else { continue }
                 var ok = true
-                for k in 0..<g.level {
-                    let entry = entries[k]
+                for k in store.levelsRead(at: g.level) {
+                    let entry = entries[k - 1]!
                     if case .failed(let message) = entry.state { throw ModelError(message) }
                     if !entry.isReady { ok = false; break }
                 }
@@ -263,7 +272,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             }
             if let i = ready {
                 let g = groups[i], entries = pinned[g.expert]!
-                for k in 0..<g.level { pool.touch(entries[k]) }
+                for k in store.levelsRead(at: g.level) { pool.touch(entries[k - 1]!) }
                 pool.lock.unlock()
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 run(g, record: store.records[layer][g.expert], entries: entries, x: x, routes: routes, slotOut: slotOut)
@@ -273,16 +282,16 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                 doneCount += 1
                 remainingGroups[g.expert] -= 1
                 if remainingGroups[g.expert] == 0, let entries = pinned.removeValue(forKey: g.expert) {
-                    for e in entries { pool.unpin(e) }
+                    for case let e? in entries { pool.unpin(e) }
                 }
                 continue
             }
-            let loading = pinned.values.contains { $0.contains { !$0.isReady } }
+            let loading = pinned.values.contains { $0.contains { $0.map { !$0.isReady } ?? false } }
             if !loading {
                 guard pendingHead < pending.count else { throw ModelError("expert step of MoE layer \(layer) made no progress") }
                 let e = pending[pendingHead]
-                let bytes = (1...need[e]).reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
-                throw ModelError("the memory budget (\(pool.budget) bytes) cannot hold expert \(e) of MoE layer \(layer) at level \(need[e]) (\(bytes) bytes) beside \(pool.residentBytes) pinned bytes")
+                let bytes = wanted[e].reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
+                throw ModelError("the memory budget (\(pool.budget) bytes) cannot hold expert \(e) of MoE layer \(layer) at levels \(wanted[e]) (\(bytes) bytes) beside \(pool.residentBytes) pinned bytes")
             }
             let t0 = DispatchTime.now().uptimeNanoseconds
             pool.lock.wait()
@@ -305,13 +314,14 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
     }
 
     /// Computes one group's tokens through the expert at its level, into their slot rows.
-    private func run(_ g: Group, record r: ExpertStore.Record, entries: [ExpertPool.Entry], x: UnsafePointer<Float>,
+    private func run(_ g: Group, record r: ExpertStore.Record, entries: [ExpertPool.Entry?], x: UnsafePointer<Float>,
                      routes: ExpertRoutes, slotOut: UnsafeMutablePointer<Float>) {
         let hidden = store.hidden, inter = store.intermediate
         func linear(_ m: Int, rows: Int, cols: Int) -> Linear {
-            let levels = (0..<g.level).map { k in entries[k].data + r.matrixOffsets[k][m] }
-            let view = MWQMatrixView(rows: rows, cols: cols, group: store.group, baseBits: store.baseBits, levels: levels)
-            return Linear(packed: PackedMWQ(view: view, level: g.level, owner: entries[0].buffer))
+            let read = store.levelsRead(at: g.level)
+            let levels = read.map { k in entries[k - 1]!.data + r.matrixOffsets[k - 1][m] }
+            let view = MWQMatrixView(rows: rows, cols: cols, group: store.group, baseBits: store.quantization.baseBits(at: g.level), levels: levels)
+            return Linear(packed: PackedMWQ(view: view, level: read.count, owner: entries[read.lowerBound - 1]!.buffer))
         }
         let ffn = FeedForward(gate: linear(0, rows: inter, cols: hidden), up: linear(1, rows: inter, cols: hidden),
                               down: linear(2, rows: hidden, cols: inter), activation: activation)
@@ -348,6 +358,9 @@ extension StreamingExperts {
                                     expertCount: nExperts, hidden: model.info.hiddenSize, intermediate: gate.rows,
                                     directIO: streaming.directIO)
         let bits = file.header.quantization.bits
+        if streaming.policy == "matryoshka-free", file.header.quantization.isNested {
+            throw ModelError("\(file.path): --policy matryoshka-free reads separate copies of each bit-width, and this file's levels are nested (\(file.header.quantization.scheme)); quantize or synthesize the model with --scheme mfree")
+        }
         let policy: BitWidthPolicy
         switch streaming.bitPolicy {
         case "uniform":

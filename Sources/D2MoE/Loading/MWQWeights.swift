@@ -37,9 +37,10 @@ final class MWQWeights: PackedWeightSource {
             verified.insert(e.offset)
         }
         guard let base = bytes.baseAddress else { return nil }
-        let view = MWQMatrixView(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.bits[0],
-                                 levels: ranges.prefix(level).map { base + $0.lowerBound })
-        return PackedMWQ(view: view, level: level, owner: file)
+        let read = q.levelsRead(at: level)
+        let view = MWQMatrixView(rows: m.rows, cols: m.cols, group: q.group, baseBits: q.baseBits(at: level),
+                                 levels: read.map { base + ranges[$0 - 1].lowerBound })
+        return PackedMWQ(view: view, level: read.count, owner: file)
     }
 
     /// By magic, not by extension.
@@ -59,7 +60,8 @@ final class MWQWeights: PackedWeightSource {
     func floats(_ name: String) throws -> [Float] {
         do {
             if file.residentTensor(name) != nil { return try file.floats(name) }
-            return try file.matrix(name, level: level).dequantize(level: level)
+            let m = try file.matrix(name, level: level)
+            return m.dequantize(level: m.levels.count)
         } catch let e as FormatError {
             throw ModelError(e.description)
         }

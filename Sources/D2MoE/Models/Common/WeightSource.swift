@@ -66,22 +66,28 @@ public struct ExpertStreaming: Sendable {
     /// Keep base levels (level 1) resident in preference to higher ones while they fill at most
     /// this share of the budget (the paper's "+Budget" step); 0 turns it off.
     public var lowLevelShare = 0.0
+    /// The `--policy` preset applied, if any (some need a file of a particular kind).
+    public var policy: String?
 
     /// The engine's configurations of DESIGN §3.6 that stream experts, by `--policy` name.
     public static let policies = [
         ("d2moe", "HEBF load order, the paper's eviction rule, base levels kept in half the budget, next-layer prefetch; bit-widths from --bit-policy"),
         ("moqe-dynaio", "one uniform bit-width (--bits), experts read on demand in id order, LRU eviction, no prefetch"),
+        ("matryoshka-free", "separate INT2/3/4 copies (a file quantized or synthesized with --scheme mfree), bit-widths from --bit-policy, each read whole on demand in id order, LRU eviction, no prefetch"),
         ("hold-int4", "every expert resident at 4 bits (no budget; the file must hold a 4-bit level)"),
         ("hold-int8", "every expert resident at 8 bits (no budget; the file must hold an 8-bit level)"),
     ]
 
     /// Applies preset `name` (one of `policies` that streams).
     public mutating func apply(policy name: String) throws {
+        policy = name
         switch name {
         case "d2moe":
             order = .hebf; eviction = "layer"; lowLevelShare = 0.5; prefetch = true
         case "moqe-dynaio":
             order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = false; bitPolicy = "uniform"
+        case "matryoshka-free":
+            order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = false
         default:
             throw ModelError("unknown policy '\(name)' (\(Self.policies.map(\.0).joined(separator: ", ")))")
         }
