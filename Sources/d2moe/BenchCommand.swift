@@ -33,6 +33,12 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: .long, help: "A comma-separated sweep of --policy values (d2moe,moqe-dynaio,hold-int4).")
     var policies: String?
 
+    @Option(name: .long, help: "The model of separate copies (synth or quantize --scheme mfree) that matryoshka-free rows and the ablation's first step run on; --model is the MWQ file.")
+    var copies: String?
+
+    @Flag(name: .long, help: "Add the ablation of the paper's Fig. 14 to the sweep: on-demand separate copies (--copies) → +MWQ → +HEBF → +budget residency → +prefetch, with --bit-policy's bit-widths throughout.")
+    var ablation = false
+
     @Option(name: .long, help: "With a sweep: write every row as CSV.")
     var csv: String?
 
@@ -58,7 +64,7 @@ struct ModelBench: AsyncParsableCommand {
         }
         let budgetList: [String?] = budgets.map { $0.split(separator: ",").map { String($0) } } ?? [modelOptions.memoryBudget]
         let policyList: [String?] = policies.map { $0.split(separator: ",").map { String($0) } } ?? [modelOptions.policy]
-        guard counts.count > 1 || budgetList.count > 1 || policyList.count > 1 || csv != nil || svg != nil else {
+        guard counts.count > 1 || budgetList.count > 1 || policyList.count > 1 || csv != nil || svg != nil || ablation else {
             try single(modelOptions, requests: counts[0]!)
             return
         }

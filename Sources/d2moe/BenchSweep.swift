@@ -9,27 +9,57 @@ struct SweepRow: Codable {
     var result: SpeedBenchmark.Result
 }
 
+/// One configuration of a sweep: a --policy preset, or an ablation step on top of one.
+struct SweepConfig: Sendable {
+    var name: String
+    var policy: String?
+    /// Run on the --copies file instead of --model.
+    var copies = false
+    var adjust: @Sendable (inout ExpertStreaming) -> Void = { _ in }
+
+    /// The paper's Fig. 14, each step adding one mechanism to the one before, ending at d2moe.
+    static let ablation: [SweepConfig] = [
+        SweepConfig(name: "abl:copies", policy: "matryoshka-free", copies: true),
+        SweepConfig(name: "abl:+mwq", policy: nil) { onDemand(&$0) },
+        SweepConfig(name: "abl:+hebf", policy: nil) { onDemand(&$0); $0.order = .hebf; $0.eviction = "layer" },
+        SweepConfig(name: "abl:+resid", policy: nil) { onDemand(&$0); $0.order = .hebf; $0.eviction = "layer"; $0.lowLevelShare = 0.5 },
+        SweepConfig(name: "abl:+prefetch", policy: "d2moe"),
+    ]
+
+    /// matryoshka-free's reading (id order, LRU, nothing kept, no prefetch) on a nested file: the
+    /// preset itself refuses nested files, so the ablation sets its parts one by one.
+    private static func onDemand(_ s: inout ExpertStreaming) {
+        s.order = .expertID; s.eviction = "lru"; s.lowLevelShare = 0; s.prefetch = false
+    }
+}
+
 extension ModelBench {
-    /// Every (budget, policy, request count), the model loaded once per (budget, policy).
+    /// Every (budget, configuration, request count), the model loaded once per (budget, configuration).
     func sweep(budgets: [String?], policies: [String?], requests counts: [Int]) throws {
         var rows: [SweepRow] = []
+        var configs = policies.map { SweepConfig(name: $0 ?? "custom", policy: $0, copies: $0 == "matryoshka-free") }
+        if ablation { configs += SweepConfig.ablation }
+        if configs.contains(where: \.copies), copies == nil {
+            fail("matryoshka-free and the ablation's first step run on separate copies: give --copies FILE (synth or quantize --scheme mfree)")
+        }
         if !json {
-            print("budget      policy        requests    pp t/s    tg t/s  RSS after load  run peak  expert MiB read/step  hit ratio per level")
+            print("budget      policy            requests    pp t/s    tg t/s  RSS after load  run peak  expert MiB read/step  hit ratio per level")
         }
         for budget in budgets {
-            for policy in policies {
+            for config in configs {
                 var options = modelOptions
                 options.memoryBudget = budget
-                options.policy = policy
+                options.policy = config.policy
+                if config.copies, let copies { options.model = copies }
                 let engine: Engine
-                do { engine = try options.load(); try attachHooks(engine, requests: counts.max()!) } catch { fail(String(describing: error)) }
+                do { engine = try options.load(adjust: config.adjust); try attachHooks(engine, requests: counts.max()!) } catch { fail(String(describing: error)) }
                 for n in counts {
                     let r: SpeedBenchmark.Result
                     do {
                         r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
                                                    repetitions: repetitions, requests: n)
                     } catch { fail(String(describing: error)) }
-                    let row = SweepRow(budget: r.experts == nil ? "resident" : (budget ?? "resident"), policy: policy ?? "custom", result: r)
+                    let row = SweepRow(budget: r.experts == nil ? "resident" : (budget ?? "resident"), policy: config.name, result: r)
                     rows.append(row)
                     if !json { print(Self.line(row, steps: max(1, repetitions) * (generateTokens + (promptTokens > 0 ? 1 : 0)))) }
                 }
@@ -44,7 +74,7 @@ extension ModelBench {
         let r = row.result
         let read = r.experts.map { Double($0.total.bytesRead) / 1_048_576 / Double(steps) } ?? 0
         let hits = r.experts.map { "[" + $0.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]" } ?? "-"
-        return row.budget.padding(toLength: 12, withPad: " ", startingAt: 0) + row.policy.padding(toLength: 12, withPad: " ", startingAt: 0)
+        return row.budget.padding(toLength: 12, withPad: " ", startingAt: 0) + row.policy.padding(toLength: 16, withPad: " ", startingAt: 0)
             + String(format: "%10d %9.1f %9.2f %15@ %9@ %21.1f  %@", r.requests, r.promptTokensPerSecond, r.generationTokensPerSecond,
                      formatBytes(r.startResidentBytes), formatBytes(r.runPeakResidentBytes), read, hits)
     }

@@ -7,7 +7,7 @@ struct D2MoECommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "d2moe",
         abstract: "Run Mixture-of-Experts language models on devices with less memory than the model.",
-        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, Quantize.self, Synth.self, Tokenize.self])
+        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, CalibrateBits.self, Quantize.self, Synth.self, Tokenize.self])
 }
 
 /// Options every command that loads a model shares.
@@ -42,8 +42,11 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "With --memory-budget: which resident piece to drop for room: layer (the paper's rule: the layer just computed first, high levels before low), lru, lfu.")
     var eviction: String = "layer"
 
-    @Option(name: .long, help: "With --memory-budget: the level of each (token, expert): uniform (every expert at --bits) or gate (HOBBIT's rule: by the expert's share of the token's gate scores, see --gate-thresholds).")
+    @Option(name: .long, help: "With --memory-budget: the level of each (token, expert): uniform (every expert at --bits), gate (HOBBIT's rule: by the expert's share of the token's gate scores, see --gate-thresholds) or static (one bit-width per expert from --expert-bits).")
     var bitPolicy: String = "uniform"
+
+    @Option(name: .long, help: "With --bit-policy static or --policy edgemoe: the per-expert bit-widths (JSON written by d2moe calibrate-bits).")
+    var expertBits: String?
 
     @Option(name: .long, help: "With --bit-policy gate: cumulative gate-score shares T1,T2 below which an expert runs at the highest level and one level lower; the rest at the lowest.")
     var gateThresholds: String = "0.6,0.9"
@@ -57,7 +60,11 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .long, help: "With --memory-budget: read the next MoE layer's likely experts (its router applied to the current hidden state) while this layer computes; they stay protected until used.")
     var prefetch = false
 
-    func load() throws -> Engine {
+    func load() throws -> Engine { try load(adjust: { _ in }) }
+
+    /// Loads with the expert streaming options changed by `adjust` after the flags and the
+    /// --policy preset are applied (the bench's ablation steps).
+    func load(adjust: (inout ExpertStreaming) -> Void) throws -> Engine {
         guard let type = ElementType(rawValue: dtype == "q8" ? "q8_0" : dtype) else {
             throw ValidationError("--dtype must be f32, f16, bf16 or q8, got '\(dtype)'")
         }
@@ -70,6 +77,7 @@ struct ModelOptions: ParsableArguments {
             options.bits = policy == "hold-int4" ? 4 : 8
         default:
             options.streaming = try streaming()
+            if options.streaming != nil { adjust(&options.streaming!) }
         }
         return try Engine.load(path: model, options: options)
     }
@@ -91,8 +99,11 @@ extension ModelOptions {
             throw ValidationError("--eviction must be one of \(EvictionPolicies.names.joined(separator: ", ")), got '\(eviction)'")
         }
         s.eviction = eviction
-        guard ["uniform", "gate"].contains(bitPolicy) else { throw ValidationError("--bit-policy must be uniform or gate, got '\(bitPolicy)'") }
+        guard ["uniform", "gate", "static"].contains(bitPolicy) else { throw ValidationError("--bit-policy must be uniform, gate or static, got '\(bitPolicy)'") }
         s.bitPolicy = bitPolicy
+        if let expertBits {
+            do { s.expertBits = try ExpertBitTable.load(path: expertBits) } catch { throw ValidationError(String(describing: error)) }
+        }
         let thresholds = gateThresholds.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
         guard !thresholds.isEmpty, thresholds.allSatisfy({ $0 != nil && $0! > 0 && $0! <= 1 }) else {
             throw ValidationError("--gate-thresholds must be numbers in (0, 1] separated by commas, got '\(gateThresholds)'")

@@ -91,6 +91,42 @@ struct ExpertStreamingTests {
         #expect(stats.total.prefetchHits <= stats.total.prefetched)
     }
 
+    /// A streaming model that has run (with and without prefetch) is freed with its pool and
+    /// I/O threads once dropped: a sweep loads one model per configuration in one process.
+    @Test func droppedModelsAreFreed() throws {
+        let path = try Self.converted("olmoe")
+        for prefetch in [false, true] {
+            weak var weakModel: TransformerModel?
+            weak var weakBackend: StreamingExperts?
+            func run() throws {
+                let (model, backend) = try Self.streamed(path, budget: .fraction(0.5), bits: 3) { $0.prefetch = prefetch }
+                _ = try Self.logits(model)
+                weakModel = model
+                weakBackend = backend
+            }
+            try run()
+            #expect(weakModel == nil && weakBackend == nil, "prefetch \(prefetch): the model or its expert backend outlived its last reference")
+            weak var weakEngine: Engine?
+            let synth = Self.directory.appendingPathComponent("tiny-moe-v1.mwq").path
+            if !FileManager.default.fileExists(atPath: synth) {
+                try SyntheticModel.write(shape: try SyntheticModel.shape(named: "tiny-moe"), scheme: try MWQConverter.Scheme("v1"), seed: 3, to: synth)
+            }
+            func bench() throws {
+                var options = LoadOptions(contextLength: 16, bits: 3)
+                var s = ExpertStreaming(budget: .fraction(0.5))
+                s.prefetch = prefetch
+                options.streaming = s
+                let engine = try Engine.load(path: synth, options: options)
+                _ = try SpeedBenchmark.run(engine: engine, promptTokens: 4, generateTokens: 2, repetitions: 1, requests: 2)
+                weakEngine = engine
+                weakModel = engine.model
+                weakBackend = engine.model.experts as? StreamingExperts
+            }
+            try bench()
+            #expect(weakEngine == nil && weakModel == nil && weakBackend == nil, "prefetch \(prefetch): a benchmarked engine outlived its last reference")
+        }
+    }
+
     /// A pool that holds everything reads each piece once and then only hits.
     @Test func ampleBudgetReadsEachPieceOnce() throws {
         let path = try Self.converted("olmoe")

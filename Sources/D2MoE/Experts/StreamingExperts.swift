@@ -374,8 +374,13 @@ extension StreamingExperts {
                 throw ModelError("gate thresholds must be in (0, 1], got \(streaming.gateThresholds)")
             }
             policy = GateScoreBits(thresholds: streaming.gateThresholds)
+        case "static":
+            guard let table = streaming.expertBits else {
+                throw ModelError("the static bit policy\(streaming.policy == "edgemoe" ? " of --policy edgemoe" : "") needs per-expert bit-widths: --expert-bits FILE (written by d2moe calibrate-bits)")
+            }
+            policy = try StaticExpertBits(table: table, fileBits: bits, moeLayers: decoderLayers.count, experts: nExperts)
         default:
-            throw ModelError("unknown bit-width policy '\(streaming.bitPolicy)' (uniform, gate)")
+            throw ModelError("unknown bit-width policy '\(streaming.bitPolicy)' (uniform, gate, static)")
         }
         let budget = streaming.budget.bytes(ofExperts: store.totalBytes)
         guard budget > 0 else { throw ModelError("the memory budget is 0 bytes") }

@@ -56,8 +56,10 @@ public struct ExpertStreaming: Sendable {
     /// `--eviction`: layer (the paper's rule), lru or lfu.
     public var eviction = "layer"
     /// `--bit-policy`: uniform (every expert at `LoadOptions.bits`, default the highest level)
-    /// or gate (HOBBIT's gate-score thresholds).
+    /// gate (HOBBIT's gate-score thresholds) or static (`expertBits`, EdgeMoE's).
     public var bitPolicy = "uniform"
+    /// Per-expert bit-widths for the static bit policy (`d2moe calibrate-bits`).
+    public var expertBits: ExpertBitTable?
     public var gateThresholds: [Double] = [0.6, 0.9]
     /// The order missing pieces are read in.
     public var order = LoadOrder.hebf
@@ -74,6 +76,7 @@ public struct ExpertStreaming: Sendable {
         ("d2moe", "HEBF load order, the paper's eviction rule, base levels kept in half the budget, next-layer prefetch; bit-widths from --bit-policy"),
         ("moqe-dynaio", "one uniform bit-width (--bits), experts read on demand in id order, LRU eviction, no prefetch"),
         ("matryoshka-free", "separate INT2/3/4 copies (a file quantized or synthesized with --scheme mfree), bit-widths from --bit-policy, each read whole on demand in id order, LRU eviction, no prefetch"),
+        ("edgemoe", "static per-expert bit-widths by importance on calibration data (--expert-bits FILE from d2moe calibrate-bits), read on demand in id order, LRU eviction, next-layer preload"),
         ("hold-int4", "every expert resident at 4 bits (no budget; the file must hold a 4-bit level)"),
         ("hold-int8", "every expert resident at 8 bits (no budget; the file must hold an 8-bit level)"),
     ]
@@ -88,6 +91,8 @@ public struct ExpertStreaming: Sendable {
             order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = false; bitPolicy = "uniform"
         case "matryoshka-free":
             order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = false
+        case "edgemoe":
+            order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = true; bitPolicy = "static"
         default:
             throw ModelError("unknown policy '\(name)' (\(Self.policies.map(\.0).joined(separator: ", ")))")
         }
