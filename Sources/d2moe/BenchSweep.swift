@@ -1,6 +1,9 @@
 import ArgumentParser
 import D2MoE
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One row of a `d2moe bench` sweep.
 struct SweepRow: Codable {
@@ -47,27 +50,45 @@ extension ModelBench {
         }
         for budget in budgets {
             for config in configs {
-                var options = modelOptions
-                options.memoryBudget = budget
-                options.policy = config.policy
-                if config.copies, let copies { options.model = copies }
-                let engine: Engine
-                do { engine = try options.load(adjust: config.adjust); try attachHooks(engine, requests: counts.max()!) } catch { fail(String(describing: error)) }
-                for n in counts {
-                    let r: SpeedBenchmark.Result
-                    do {
-                        r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                                   repetitions: repetitions, requests: n)
-                    } catch { fail(String(describing: error)) }
-                    let row = SweepRow(budget: r.experts == nil ? "resident" : (budget ?? "resident"), policy: config.name, result: r)
-                    rows.append(row)
-                    if !json { print(Self.line(row, steps: max(1, repetitions) * (generateTokens + (promptTokens > 0 ? 1 : 0)))) }
-                }
+                rows += measure(config, budget: budget, requests: counts)
+                // The engine just measured is gone, but glibc keeps its freed heap in the arena of
+                // the thread that loaded it; hand it back so the next row's RSS is its own.
+                releaseFreedHeap()
             }
         }
         if json { printJSON(rows) }
         if let csv { try Self.writeCSV(rows, to: csv) }
         if let svg { try SweepPlot.write(rows, to: svg, title: "\((modelOptions.model as NSString).lastPathComponent): generation tokens/s against the memory budget") }
+    }
+
+    /// glibc's malloc_trim (not in Swift's Glibc module, so looked up), a no-op elsewhere.
+    private func releaseFreedHeap() {
+        #if canImport(Glibc)
+        typealias Trim = @convention(c) (Int) -> Int32
+        if let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") { _ = unsafeBitCast(f, to: Trim.self)(0) }
+        #endif
+    }
+
+    /// One configuration at one budget, every request count, on one loaded engine.
+    private func measure(_ config: SweepConfig, budget: String?, requests counts: [Int]) -> [SweepRow] {
+        var options = modelOptions
+        options.memoryBudget = budget
+        options.policy = config.policy
+        if config.copies, let copies { options.model = copies }
+        let engine: Engine
+        do { engine = try options.load(adjust: config.adjust); try attachHooks(engine, requests: counts.max()!) } catch { fail(String(describing: error)) }
+        var rows: [SweepRow] = []
+        for n in counts {
+            let r: SpeedBenchmark.Result
+            do {
+                r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
+                                           repetitions: repetitions, requests: n)
+            } catch { fail(String(describing: error)) }
+            let row = SweepRow(budget: r.experts == nil ? "resident" : (budget ?? "resident"), policy: config.name, result: r)
+            rows.append(row)
+            if !json { print(Self.line(row, steps: max(1, repetitions) * (generateTokens + (promptTokens > 0 ? 1 : 0)))) }
+        }
+        return rows
     }
 
     static func line(_ row: SweepRow, steps: Int) -> String {
@@ -142,3 +163,4 @@ enum SweepPlot {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
     }
 }
+

@@ -15,7 +15,7 @@ struct CalibrateBits: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(name: .long, help: "Calibration text (UTF-8), e.g. data/wikitext-2-raw/wiki.train.raw.")
+    @Option(name: .long, help: "Calibration text (UTF-8), e.g. data/calib/c4.utf8.")
     var data: String?
 
     @Option(name: .long, help: "With --data: calibration tokens to run.")

@@ -53,7 +53,6 @@ final class ExpertPool: @unchecked Sendable {
     private var ioBusyTotal: UInt64 = 0
     private(set) var bytesRead = 0
     private var stopped = false
-    private var threads: [Thread] = []
 
     init(store: ExpertStore, budget: Int, eviction: EvictionPolicy, ioThreads: Int) {
         self.store = store
@@ -61,11 +60,12 @@ final class ExpertPool: @unchecked Sendable {
         self.eviction = eviction
         layerCount = store.records.count
         for i in 0..<max(1, ioThreads) {
-            // The threads keep the pool alive until `shutdown` (its owner's deinit) ends them.
+            // The threads keep the pool alive until `shutdown` (its owner's deinit) ends them; the
+            // pool keeps no reference to them, or pool → thread → closure → pool would never be
+            // freed (a sweep leaked a whole budget of buffers per configuration).
             let thread = Thread { self.ioLoop() }
             thread.name = "d2moe-io-\(i)"
             thread.stackSize = 256 << 10
-            threads.append(thread)
             thread.start()
         }
     }

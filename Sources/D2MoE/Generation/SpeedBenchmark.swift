@@ -149,9 +149,13 @@ public enum ProcessMemory {
 /// thread of Swift's cooperative pool for seconds.
 func onComputeThread<T>(_ body: @escaping @Sendable () throws -> T) throws -> T {
     let box = ResultBox<T>()
+    box.body = body
     let done = DispatchSemaphore(value: 0)
-    let thread = Thread {
-        box.result = Result { try body() }
+    // The thread object outlives `done` (and may be kept by Foundation): it must not hold what
+    // `body` captured, or a benchmarked engine would stay alive after the call.
+    let thread = Thread { [box] in
+        box.result = Result { try box.body!() }
+        box.body = nil
         done.signal()
     }
     thread.stackSize = 8 << 20
@@ -161,5 +165,6 @@ func onComputeThread<T>(_ body: @escaping @Sendable () throws -> T) throws -> T 
 }
 
 private final class ResultBox<T>: @unchecked Sendable {
+    var body: (@Sendable () throws -> T)?
     var result: Result<T, Error>?
 }
