@@ -40,7 +40,9 @@ extension ModelBench {
     /// Every (budget, configuration, request count), the model loaded once per (budget, configuration).
     func sweep(budgets: [String?], policies: [String?], requests counts: [Int]) throws {
         var rows: [SweepRow] = []
-        var configs = policies.map { SweepConfig(name: $0 ?? "custom", policy: $0, copies: $0 == "matryoshka-free") }
+        // --ablation alone runs just its steps; with --policies (or --policy) the presets too.
+        var configs = ablation && self.policies == nil && modelOptions.policy == nil ? []
+            : policies.map { SweepConfig(name: $0 ?? "custom", policy: $0, copies: $0 == "matryoshka-free") }
         if ablation { configs += SweepConfig.ablation }
         if configs.contains(where: \.copies), copies == nil {
             fail("matryoshka-free and the ablation's first step run on separate copies: give --copies FILE (synth or quantize --scheme mfree)")
@@ -56,9 +58,29 @@ extension ModelBench {
                 releaseFreedHeap()
             }
         }
+        if ablation, !json { printAblation(rows) }
         if json { printJSON(rows) }
         if let csv { try Self.writeCSV(rows, to: csv) }
         if let svg { try SweepPlot.write(rows, to: svg, title: "\((modelOptions.model as NSString).lastPathComponent): generation tokens/s against the memory budget") }
+    }
+
+    /// The paper's Fig. 14 as text: per budget and request count, each step's generation
+    /// tokens/s and its gain over the step before.
+    private func printAblation(_ rows: [SweepRow]) {
+        let steps = SweepConfig.ablation.map(\.name)
+        print("ablation (generation tokens/s, × the step before):")
+        for budget in Set(rows.map(\.budget)).sorted() {
+            for n in Set(rows.map(\.result.requests)).sorted() {
+                let tps = steps.map { step in rows.first { $0.budget == budget && $0.policy == step && $0.result.requests == n }?.result.generationTokensPerSecond }
+                guard tps.allSatisfy({ $0 != nil }) else { continue }
+                var line = "  \(budget), \(n) request\(n == 1 ? "" : "s"):"
+                for (i, step) in steps.enumerated() {
+                    line += String(format: " %@ %.2f", step, tps[i]!)
+                    if i > 0 { line += String(format: " (×%.2f)", tps[i]! / max(tps[i - 1]!, 1e-9)) }
+                }
+                print(line + String(format: "; total ×%.2f", tps.last!! / max(tps.first!!, 1e-9)))
+            }
+        }
     }
 
     /// glibc's malloc_trim (not in Swift's Glibc module, so looked up), a no-op elsewhere.
