@@ -82,7 +82,7 @@ struct StaticExpertBitsTests {
             for e in recorder.chosen[l, default: []] { expected[mixed.bits[l][Int(e)] - 2] += 1 }
             #expect(stats.layers[l].expertTokens == expected, "MoE layer \(l)")
         }
-        #expect(stats.peakPoolBytes <= stats.budgetBytes && stats.total.prefetched > 0)
+        #expect(stats.peakPoolBytes <= stats.budgetBytes)
         // edgemoe without a table says what it needs.
         #expect { _ = try ExpertStreamingTests.streamed(path, budget: .fraction(0.3)) { try! $0.apply(policy: "edgemoe") } }
             throws: { "\($0)".contains("--expert-bits FILE") }
