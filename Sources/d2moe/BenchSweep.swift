@@ -29,10 +29,11 @@ struct SweepConfig: Sendable {
         SweepConfig(name: "abl:+prefetch", policy: "d2moe"),
     ]
 
-    /// matryoshka-free's reading (id order, LRU, nothing kept, no prefetch) on a nested file: the
-    /// preset itself refuses nested files, so the ablation sets its parts one by one.
+    /// matryoshka-free's reading (id order, LRU, nothing kept, no prefetch) on a nested file: its
+    /// preset's settings without its name, which makes loading refuse nested files.
     private static func onDemand(_ s: inout ExpertStreaming) {
-        s.order = .expertID; s.eviction = "lru"; s.lowLevelShare = 0; s.prefetch = false
+        try! s.apply(policy: "matryoshka-free")
+        s.policy = nil
     }
 }
 
