@@ -29,6 +29,8 @@ public struct GenerationStats: Sendable, Codable {
     public var promptSeconds: Double
     public var generationSeconds: Double
     public var finishReason: FinishReason
+    /// Time a scheduled request waited for a slot before its prompt began.
+    public var queueSeconds: Double = 0
 
     /// Prompt tokens per second.
     public var promptTokensPerSecond: Double { promptSeconds > 0 ? Double(promptTokens) / promptSeconds : 0 }
@@ -64,6 +66,8 @@ public struct GenerationParameters: Sendable {
     public var addSpecialTokens = true
     /// Recognise special-token text in the prompt (chat templates need it).
     public var parseSpecialTokens = false
+    /// Keep generating through end-of-generation tokens until `maxTokens` (benchmarks).
+    public var ignoreEndOfSequence = false
 
     public init() {}
 

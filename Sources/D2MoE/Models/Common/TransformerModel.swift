@@ -69,6 +69,9 @@ public final class TransformerModel: @unchecked Sendable {
         KVCache(capacity: capacity, kvWidths: layers.map(\.attention.kvWidth))
     }
 
+    /// Bytes one position of one sequence takes in a KV cache (keys and values of every layer).
+    public var kvBytesPerPosition: Int { layers.reduce(0) { $0 + $1.attention.kvWidth } * 4 * 2 }
+
     /// Bytes of weights held in memory (experts included when resident).
     public var weightBytes: Int {
         embeddings.byteCount + (lmHead.base == embeddings.base ? 0 : lmHead.byteCount) + layerBytes + residentExpertBytes
