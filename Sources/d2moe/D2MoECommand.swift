@@ -7,7 +7,7 @@ struct D2MoECommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "d2moe",
         abstract: "Run Mixture-of-Experts language models on devices with less memory than the model.",
-        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, CalibrateBits.self, Quantize.self, Synth.self, Tokenize.self])
+        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, CalibrateBits.self, TrainRouter.self, Quantize.self, Synth.self, Tokenize.self])
 }
 
 /// Options every command that loads a model shares.
