@@ -44,6 +44,9 @@ struct TrainRouter: ParsableCommand {
     @Option(name: .long, help: "Random seed (row sampling, order, capacity drops).")
     var seed: UInt64 = 1
 
+    @Option(name: .long, help: "Errors relative to each router's mean output energy (layer) or to the mean over all routers (global: absolute error in the residual stream).")
+    var errorScale: String = "layer"
+
     @Flag(name: .long, help: "Print the summary as one JSON object.")
     var json = false
 
@@ -55,6 +58,8 @@ struct TrainRouter: ParsableCommand {
             }
             o.alpha = alpha; o.tokens = tokens; o.window = window; o.rowsPerRouter = rows; o.epochs = epochs
             o.learningRate = lr; o.seed = seed
+            guard ["layer", "global"].contains(errorScale) else { throw ValidationError("--error-scale must be layer or global, got '\(errorScale)'") }
+            o.globalErrorScale = errorScale == "global"
             if capacity != "none" {
                 let c = capacity.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
                 guard c.allSatisfy({ $0 != nil }) else { throw ValidationError("--capacity must be numbers separated by commas, got '\(capacity)'") }

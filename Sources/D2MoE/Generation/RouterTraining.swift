@@ -24,6 +24,9 @@ public struct RouterTrainingOptions: Sendable {
     /// Share of each router's rows held out for the reported held-out loss and for the
     /// calibration logits `--target-bits` is solved on.
     public var heldOut = 0.1
+    /// Scale errors by the mean output energy of all routers rather than each router's own
+    /// (`--error-scale global`): the cost is then the absolute error added to the residual stream.
+    public var globalErrorScale = false
     public init() {}
 }
 
@@ -93,11 +96,14 @@ public enum RouterTraining {
             progress(String(format: "collect window %d/%d: %.0f tokens/s", w + 1, windows, Double((w + 1) * window) / s))
         }
         var out = observer.samples.values.sorted { ($0.layer, $0.expert) < ($1.layer, $1.expert) }
-        // Errors relative to each router's own mean output energy at the highest level.
+        // Errors relative to each router's own mean output energy at the highest level, or
+        // (globalErrorScale) to the mean over all routers, so layers with large outputs weigh more.
+        let allRows = out.reduce(0) { $0 + $1.rows }
+        let global = observer.energy.values.reduce(0, +) / Double(max(allRows, 1))
         for i in out.indices {
             let n = out[i].rows
             guard n > 0 else { continue }
-            let energy = observer.energy[Collector.key(out[i].layer, out[i].expert)]! / Double(n)
+            let energy = options.globalErrorScale ? global : observer.energy[Collector.key(out[i].layer, out[i].expert)]! / Double(n)
             let scale = Float(1 / max(energy, 1e-30))
             for j in out[i].errors.indices { out[i].errors[j] *= scale }
             for j in out[i].energy.indices { out[i].energy[j] *= scale }
@@ -301,6 +307,7 @@ extension RouterTraining {
             "objective": .string("per-layer: sum_k p_k (NMSE_k vs highest level + alpha * bits_k)"),
             "corpus": .string(corpus), "tokens": .int(tokensRun), "alpha": .double(options.alpha), "epochs": .int(options.epochs),
             "seed": .int(Int(truncatingIfNeeded: options.seed)), "rows_per_router": .int(options.rowsPerRouter),
+            "error_scale": .string(options.globalErrorScale ? "global" : "layer"),
         ]
         if let c = options.capacity { info["capacity"] = .array(c.map { .double($0) }) }
         let set = MWQRouterSet(hidden: engine.model.info.hiddenSize, levels: bits.count, routers: routers, training: .object(info))
