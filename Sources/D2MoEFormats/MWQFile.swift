@@ -30,6 +30,9 @@ public struct MWQHeader: Codable, Sendable {
     public var residentBytes: Int
     public var residentCRC32: UInt32
     public var experts: [ExpertRecord]
+    /// The trained bit-width routers (DESIGN §3.1), nil in files written before `train-router`
+    /// (or never trained): the key is absent and such files load as before.
+    public var routers: RouterSection? = nil
 
     public struct Quantization: Codable, Sendable {
         /// "v1", "v2", "rtn4", …

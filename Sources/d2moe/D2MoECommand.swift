@@ -7,7 +7,7 @@ struct D2MoECommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "d2moe",
         abstract: "Run Mixture-of-Experts language models on devices with less memory than the model.",
-        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, CalibrateBits.self, Quantize.self, Serve.self, Synth.self, Tokenize.self])
+        subcommands: [Run.self, Inspect.self, Eval.self, Bench.self, Moefy.self, CalibrateBits.self, TrainRouter.self, Quantize.self, Serve.self, Synth.self, Tokenize.self])
 }
 
 /// Options every command that loads a model shares.
@@ -42,8 +42,14 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "With --memory-budget: which resident piece to drop for room: layer (the paper's rule: the layer just computed first, high levels before low), lru, lfu.")
     var eviction: String = "layer"
 
-    @Option(name: .long, help: "With --memory-budget: the level of each (token, expert): uniform (every expert at --bits), gate (HOBBIT's rule: by the expert's share of the token's gate scores, see --gate-thresholds) or static (one bit-width per expert from --expert-bits).")
+    @Option(name: .long, help: "For .mwq files: the level of each (token, expert): uniform (every expert at --bits), router (the trained bit-width routers of d2moe train-router; see --bits-bias, --target-bits), gate (HOBBIT's rule: by the expert's share of the token's gate scores, see --gate-thresholds) or, with --memory-budget, static (one bit-width per expert from --expert-bits). A dense model's FFNs count as one expert per layer.")
     var bitPolicy: String = "uniform"
+
+    @Option(name: .long, help: "With --bit-policy router: added to each router's logit of level k times (k − mean level): negative toward fewer bits, positive toward more.")
+    var bitsBias: Double = 0
+
+    @Option(name: .long, help: "With --bit-policy router: the --bits-bias whose average bits per expert-token on the routers' calibration inputs is this (solved by bisection).")
+    var targetBits: Double?
 
     @Option(name: .long, help: "With --bit-policy static or --policy edgemoe: the per-expert bit-widths (JSON written by d2moe calibrate-bits).")
     var expertBits: String?
@@ -71,6 +77,14 @@ struct ModelOptions: ParsableArguments {
         if let contextLength, contextLength < 1 { throw ValidationError("--ctx must be ≥ 1") }
         var options = LoadOptions(dtype: type, contextLength: contextLength, expertsPerToken: expertsPerToken, bits: bits)
         options.dequantizeMWQ = dequantize
+        options.bitsBias = bitsBias
+        options.targetBits = targetBits
+        if memoryBudget == nil, policy == nil, bitPolicy != "uniform" {
+            guard ["gate", "router"].contains(bitPolicy) else {
+                throw ValidationError("--bit-policy \(bitPolicy) without --memory-budget: uniform, gate or router")
+            }
+            options.bitPolicy = bitPolicy
+        }
         switch policy {
         case "hold-int4", "hold-int8":
             // Held in memory: every expert resident at the policy's bits, whatever the budget.
@@ -99,7 +113,7 @@ extension ModelOptions {
             throw ValidationError("--eviction must be one of \(EvictionPolicies.names.joined(separator: ", ")), got '\(eviction)'")
         }
         s.eviction = eviction
-        guard ["uniform", "gate", "static"].contains(bitPolicy) else { throw ValidationError("--bit-policy must be uniform, gate or static, got '\(bitPolicy)'") }
+        guard ["uniform", "gate", "static", "router"].contains(bitPolicy) else { throw ValidationError("--bit-policy must be uniform, gate, static or router, got '\(bitPolicy)'") }
         s.bitPolicy = bitPolicy
         if let expertBits {
             do { s.expertBits = try ExpertBitTable.load(path: expertBits) } catch { throw ValidationError(String(describing: error)) }

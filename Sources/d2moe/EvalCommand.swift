@@ -28,6 +28,9 @@ struct PerplexityCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print one JSON object instead of progress lines.")
     var json = false
 
+    @Flag(name: .long, help: "With a bit-width policy: also print the bit-widths chosen per layer.")
+    var stats = false
+
     func run() async throws {
         do {
             let context = modelOptions.contextLength ?? 512
@@ -37,6 +40,7 @@ struct PerplexityCommand: AsyncParsableCommand {
                 if !json { FileHandle.standardError.write(Data(String(format: "[%d/%d] %.4f\n", done, total, ppl).utf8)) }
             }
             let result: PerplexityResult
+            var lastEngine: Engine?
             if let tokenIDs {
                 guard let data = FileManager.default.contents(atPath: tokenIDs),
                       let ids = (try? JSONSerialization.jsonObject(with: data)) as? [Int] else {
@@ -50,14 +54,19 @@ struct PerplexityCommand: AsyncParsableCommand {
                     fail("give --data FILE (UTF-8 text) or --token-ids FILE")
                 }
                 let engine = try options.load()
+                lastEngine = engine
                 result = try Perplexity.evaluate(engine: engine, text: text, context: context, maxChunks: maxChunks, progress: progress)
             }
+            let bits = lastEngine.flatMap(bitWidthStats)
             if json {
                 printJSON(PerplexityReport(perplexity: result.perplexity, tokens: result.tokens, chunks: result.chunks,
-                                           seconds: result.seconds, context: context, model: modelOptions.model))
+                                           seconds: result.seconds, context: context, model: modelOptions.model,
+                                           bitPolicy: bits?.policy ?? (modelOptions.bits != nil ? "uniform" : nil),
+                                           averageBits: bits?.averageBits ?? modelOptions.bits.map(Double.init), bitWidths: bits))
             } else {
                 print(String(format: "perplexity %.4f over %d tokens (%d windows of %d) in %.1f s",
                              result.perplexity, result.tokens, result.chunks, context, result.seconds))
+                if let bits { print(bits.summary(perLayer: stats)) }
             }
         } catch {
             fail(String(describing: error))
@@ -72,4 +81,19 @@ struct PerplexityReport: Encodable {
     var seconds: Double
     var context: Int
     var model: String
+    /// The bit-width policy and the average bits per expert-token it gave (for `--bits N`: N).
+    var bitPolicy: String?
+    var averageBits: Double?
+    var bitWidths: BitWidthStats?
+
+    enum CodingKeys: String, CodingKey {
+        case perplexity, tokens, chunks, seconds, context, model, bitPolicy = "bit_policy", averageBits = "average_bits", bitWidths = "bit_widths"
+    }
+}
+
+/// The bit-widths the engine's experts ran at so far, nil when one fixed level was served.
+func bitWidthStats(_ engine: Engine) -> BitWidthStats? {
+    if let routing = engine.model.bitRouting { return routing.stats }
+    if let streamed = engine.model.experts as? StreamingExperts { return BitWidthStats(streamed.stats) }
+    return nil
 }

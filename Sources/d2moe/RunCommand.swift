@@ -108,6 +108,7 @@ struct Run: AsyncParsableCommand {
                                       loadSeconds, s.promptTokens, s.promptTokensPerSecond, s.generatedTokens,
                                       s.generationTokensPerSecond, s.finishReason.rawValue, formatBytes(engine.model.weightBytes))
                     FileHandle.standardError.write(Data((line + "\n").utf8))
+                    if let bits = bitWidthStats(engine) { FileHandle.standardError.write(Data((bits.summary() + "\n").utf8)) }
                     if let streamed = engine.model.experts as? StreamingExperts {
                         let peak = "peak resident memory \(formatBytes(ProcessMemory.peakResidentBytes))"
                         FileHandle.standardError.write(Data((streamed.stats.summary() + "\n" + peak + "\n").utf8))

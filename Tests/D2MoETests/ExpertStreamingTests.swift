@@ -167,10 +167,10 @@ struct ExpertStreamingTests {
         // One token, top-3 of 4 experts with probabilities 0.5, 0.3, 0.15 (and 0.05 unchosen).
         let routes = ExpertRoutes(topK: 3, experts: [2, 0, 1], weights: [0.5, 0.3, 0.15], probabilities: [0.3, 0.15, 0.5, 0.05])
         var levels = [0, 0, 0]
-        GateScoreBits(thresholds: [0.6, 0.9]).levels(layer: 0, routes: routes, nExperts: 4, levelCount: 3, into: &levels)
+        GateScoreBits(thresholds: [0.6, 0.9]).levels(layer: 0, input: [Float](repeating: 0, count: 1), hidden: 0, routes: routes, nExperts: 4, levelCount: 3, into: &levels)
         // Shares before each: 0, 0.5/0.95 = 0.53, 0.8/0.95 = 0.84.
         #expect(levels == [3, 3, 2])
-        GateScoreBits(thresholds: [0.5, 0.8]).levels(layer: 0, routes: routes, nExperts: 4, levelCount: 3, into: &levels)
+        GateScoreBits(thresholds: [0.5, 0.8]).levels(layer: 0, input: [Float](repeating: 0, count: 1), hidden: 0, routes: routes, nExperts: 4, levelCount: 3, into: &levels)
         #expect(levels == [3, 2, 1])
     }
 

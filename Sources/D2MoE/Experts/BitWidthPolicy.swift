@@ -4,7 +4,11 @@ public protocol BitWidthPolicy: Sendable {
     /// The `--bit-policy` name.
     var name: String { get }
     /// levels[t·topK + j] = the 1-based level (of `levelCount`) for expert slot j of token t.
-    func levels(layer: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int, into levels: inout [Int])
+    /// `input` [routes.tokens, hidden] is what enters the MoE layer (after its norm), the rows
+    /// the routes were computed from: trained bit-width routers read it, rules on gate scores
+    /// ignore it. `layer` counts MoE layers (decoder layers for a dense model's FFNs).
+    func levels(layer: Int, input: UnsafePointer<Float>, hidden: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int,
+                into levels: inout [Int])
 }
 
 /// Every expert at one level (`--bits N`).
@@ -13,7 +17,8 @@ public struct UniformBits: BitWidthPolicy {
     public let level: Int
     public init(level: Int) { self.level = level }
     public var name: String { "uniform" }
-    public func levels(layer: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int, into levels: inout [Int]) {
+    public func levels(layer: Int, input: UnsafePointer<Float>, hidden: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int,
+                       into levels: inout [Int]) {
         let l = min(max(level, 1), levelCount)
         for i in levels.indices { levels[i] = l }
     }
@@ -27,7 +32,8 @@ public struct GateScoreBits: BitWidthPolicy {
     public let thresholds: [Double]
     public init(thresholds: [Double] = [0.6, 0.9]) { self.thresholds = thresholds }
     public var name: String { "gate" }
-    public func levels(layer: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int, into levels: inout [Int]) {
+    public func levels(layer: Int, input: UnsafePointer<Float>, hidden: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int,
+                       into levels: inout [Int]) {
         let k = routes.topK
         for t in 0..<routes.tokens {
             var scores: [(slot: Int, p: Float)] = (0..<k).map { j in

@@ -27,7 +27,8 @@ public struct StaticExpertBits: BitWidthPolicy {
         }
     }
 
-    public func levels(layer: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int, into levels: inout [Int]) {
+    public func levels(layer: Int, input: UnsafePointer<Float>, hidden: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int,
+                       into levels: inout [Int]) {
         let row = levelTable[layer]
         for i in levels.indices { levels[i] = min(row[Int(routes.experts[i])], levelCount) }
     }

@@ -98,10 +98,13 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
 
     /// Reserves and queues the predicted pieces that are missing, as far as the budget allows
     /// without waiting; they stay pinned until `layer` runs. Called under the pool's lock.
-    private func admitPrefetch(layer: Int, routes: ExpertRoutes, stats: inout ExpertStreamStats.Layer) throws {
+    /// `x`: the current layer's input, from which the next layer's routes were predicted (the
+    /// bit-width routers of `layer` read it as their prediction too).
+    private func admitPrefetch(layer: Int, x: UnsafePointer<Float>, routes: ExpertRoutes, stats: inout ExpertStreamStats.Layer) throws {
         let levelCount = store.levels
         var levels = [Int](repeating: levelCount, count: routes.experts.count)
-        bitPolicy.levels(layer: layer, routes: routes, nExperts: store.expertCount, levelCount: levelCount, into: &levels)
+        bitPolicy.levels(layer: layer, input: x, hidden: store.hidden, routes: routes, nExperts: store.expertCount,
+                         levelCount: levelCount, into: &levels)
         var need = [Int: Set<Int>](), count = [Int: Int]()
         for (s, e) in routes.experts.enumerated() {
             need[Int(e), default: []].formUnion(store.levelsRead(at: levels[s]))
@@ -134,7 +137,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         let levelCount = store.levels, nExperts = store.expertCount, hidden = store.hidden
         let topK = routes.topK, slots = routes.tokens * topK
         var levels = [Int](repeating: levelCount, count: slots)
-        bitPolicy.levels(layer: layer, routes: routes, nExperts: nExperts, levelCount: levelCount, into: &levels)
+        bitPolicy.levels(layer: layer, input: x, hidden: hidden, routes: routes, nExperts: nExperts, levelCount: levelCount, into: &levels)
         var layerStats = ExpertStreamStats.Layer(levels: levelCount)
         // B[e][k]: tokens of expert e at level k; tokens needing level k of e are those at ≥ k.
         var groupIndex = [Int: Int](), groups: [Group] = []
@@ -255,7 +258,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             // Admit as many waiting experts as the budget allows, in order.
             while pendingHead < pending.count, try admit(pending[pendingHead]) { pendingHead += 1 }
             if !prefetchQueued, pendingHead == pending.count, let p = prefetch {
-                try admitPrefetch(layer: p.layer, routes: p.routes, stats: &layerStats)
+                try admitPrefetch(layer: p.layer, x: x, routes: p.routes, stats: &layerStats)
                 prefetchQueued = true
             }
             // A group whose levels have all arrived, hottest expert first.
@@ -379,8 +382,11 @@ extension StreamingExperts {
                 throw ModelError("the static bit policy\(streaming.policy == "edgemoe" ? " of --policy edgemoe" : "") needs per-expert bit-widths: --expert-bits FILE (written by d2moe calibrate-bits)")
             }
             policy = try StaticExpertBits(table: table, fileBits: bits, moeLayers: decoderLayers.count, experts: nExperts)
+        case "router":
+            policy = try RouterBits.make(file: file, decoderLayers: (0..<decoderLayers.count).map { decoderLayers[$0]! },
+                                         experts: nExperts, options: options)
         default:
-            throw ModelError("unknown bit-width policy '\(streaming.bitPolicy)' (uniform, gate, static)")
+            throw ModelError("unknown bit-width policy '\(streaming.bitPolicy)' (uniform, gate, static, router)")
         }
         let budget = streaming.budget.bytes(ofExperts: store.totalBytes)
         guard budget > 0 else { throw ModelError("the memory budget is 0 bytes") }

@@ -36,7 +36,9 @@ public enum ModelLoader {
         }
         let config = ConfigReader(source.config, origin: "\(source.origin) (config)")
         guard let streaming = options.streaming else {
-            return Opened(model: try source.architecture.build(config, source.weights, options: options), source: source)
+            let model = try source.architecture.build(config, source.weights, options: options)
+            if let policy = options.bitPolicy, policy != "uniform" { try useBitPolicy(policy, model: model, source: source, options: options) }
+            return Opened(model: model, source: source)
         }
         guard let file = source.mwq, let weights = source.weights as? MWQWeights else {
             throw ModelError("\(path): --memory-budget streams experts from .mwq files (make one with d2moe quantize)")
@@ -48,6 +50,25 @@ public enum ModelLoader {
         // The build copied the resident tensors; only the pool's bytes should count from here on.
         file.file.releaseResidentPages()
         return Opened(model: model, source: source)
+    }
+
+    /// Per-token bit-widths for the experts held in memory, which were loaded at the highest level.
+    private static func useBitPolicy(_ name: String, model: TransformerModel, source: Source, options: LoadOptions) throws {
+        guard let file = source.mwq else { throw ModelError("\(source.origin): --bit-policy applies to .mwq files") }
+        let q = file.header.quantization
+        guard q.isNested else { throw ModelError("\(file.path): per-token bit-widths on resident experts need nested levels (this file holds separate copies)") }
+        guard options.bits == nil else { throw ModelError("--bits forces one bit-width; drop it to use --bit-policy \(name)") }
+        guard !options.dequantizeMWQ else { throw ModelError("--bit-policy \(name) computes on packed experts; drop --dequantize") }
+        let policy: BitWidthPolicy
+        switch name {
+        case "router":
+            policy = try RouterBits.make(file: file, decoderLayers: model.policyLayers, experts: max(model.info.expertCount, 1), options: options)
+        case "gate":
+            policy = GateScoreBits()
+        default:
+            throw ModelError("bit-width policy '\(name)' without --memory-budget: uniform, gate or router")
+        }
+        _ = try model.useBitPolicy(policy, bits: q.bits)
     }
 
     static func source(path: String, options: LoadOptions) throws -> Source {

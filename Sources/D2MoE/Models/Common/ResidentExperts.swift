@@ -7,6 +7,10 @@ public final class ResidentExperts: ObservableExpertBackend, @unchecked Sendable
     let experts: [[FeedForward]]
     let hidden: Int
     private let scratch = Scratch()
+    /// Per-token bit-widths (`TransformerModel.useBitPolicy`): the policy and every expert at each
+    /// level, [moeLayer][expert][level − 1].
+    var mixed: (routing: BitRouting, experts: [[[FeedForward]]])?
+    private let groups = LevelGroups()
 
     init(experts: [[FeedForward]], hidden: Int) {
         self.experts = experts
@@ -25,6 +29,7 @@ public final class ResidentExperts: ObservableExpertBackend, @unchecked Sendable
 
     func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes, output out: UnsafeMutablePointer<Float>,
                  observe: ExpertObservation?) throws {
+        if let mixed, observe == nil { return computeMixed(layer: layer, x: x, routes: routes, mixed: mixed, out: out) }
         let layerExperts = experts[layer]
         let tokens = routes.tokens
         // Group the (token, slot) pairs by expert so each expert runs once on all its tokens.
@@ -43,6 +48,26 @@ public final class ResidentExperts: ObservableExpertBackend, @unchecked Sendable
             observe?(e, gathered, gate, n, expert.intermediate)
             for (row, slot) in slots.enumerated() {
                 Kernels.axpy(routes.weights[slot], y + row * hidden, out + (slot / routes.topK) * hidden, n: hidden)
+            }
+        }
+    }
+
+    /// Each (token, expert) at the level the policy gives it; sums per token in expert-id order
+    /// as the uniform path does.
+    private func computeMixed(layer: Int, x: UnsafePointer<Float>, routes: ExpertRoutes,
+                              mixed: (routing: BitRouting, experts: [[[FeedForward]]]), out: UnsafeMutablePointer<Float>) {
+        let layerExperts = mixed.experts[layer]
+        let levels = mixed.routing.levels(layer: layer, x: x, hidden: hidden, routes: routes, nExperts: layerExperts.count)
+        var members = [[Int]](repeating: [], count: layerExperts.count)
+        for i in 0..<routes.experts.count { members[Int(routes.experts[i])].append(i) }
+        for (e, slots) in members.enumerated() where !slots.isEmpty {
+            let rows = slots.map { $0 / routes.topK }
+            var outputs = [[Float]](repeating: [], count: slots.count)
+            groups.run(layerExperts[e], rows: rows, levels: slots.map { levels[$0] }, x: x, hidden: hidden) { i, y in
+                outputs[i] = Array(UnsafeBufferPointer(start: y, count: hidden))
+            }
+            for (i, slot) in slots.enumerated() {
+                outputs[i].withUnsafeBufferPointer { Kernels.axpy(routes.weights[slot], $0.baseAddress!, out + rows[i] * hidden, n: hidden) }
             }
         }
     }

@@ -41,6 +41,11 @@ public final class TransformerModel: @unchecked Sendable {
     public var observer: FeedForwardObserver?
     /// Replaces or records the routers' choices (trace replay, `--record-trace`).
     public var routingHook: RoutingHook?
+    /// Per-token bit-widths of the experts held in memory (`--bit-policy` without a budget) and
+    /// what they chose; nil serves every expert at the level it was loaded at.
+    public internal(set) var bitRouting: BitRouting?
+    /// A dense model's FFNs at every level, when `bitRouting` covers them.
+    var mixedDense: MixedLevelDense?
 
     let pool: ComputePool
     private let scratch = Scratch()
@@ -125,6 +130,11 @@ public final class TransformerModel: @unchecked Sendable {
             layer.preFFNNorm(x, tokens: tokens, xn)
             switch layer.ffn {
             case .dense(let ffn):
+                // Observers (calibration) read the activations of the level the model was loaded at.
+                if let mixedDense, observer == nil {
+                    mixedDense(layer: l, xn, tokens: tokens, hidden: hidden, y)
+                    break
+                }
                 let gate = scratch.floats(.gate, tokens * ffn.intermediate)
                 ffn(xn, tokens: tokens, y, gateBuffer: gate, upBuffer: scratch.floats(.up, tokens * ffn.intermediate))
                 observer?.observe(layer: l, input: xn, activations: gate, tokens: tokens, hidden: hidden,

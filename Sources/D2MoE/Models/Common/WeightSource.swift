@@ -36,6 +36,15 @@ public struct LoadOptions: Sendable {
     /// For `.mwq` files with routed experts: stream them through a budgeted pool instead of
     /// mapping them all (nil keeps every expert resident).
     public var streaming: ExpertStreaming?
+    /// For `.mwq` files without streaming: the bit-width policy of the experts held in memory
+    /// ("router": the trained bit-width routers; "gate": HOBBIT's rule); nil or "uniform" serves
+    /// every expert at `bits`. Streamed experts take theirs from `streaming.bitPolicy`.
+    public var bitPolicy: String?
+    /// `--bits-bias`: added to each bit-width router's logit of level k times (k − mean level);
+    /// negative toward fewer bits.
+    public var bitsBias = 0.0
+    /// `--target-bits`: the bias that gives this average on the routers' calibration logits.
+    public var targetBits: Double?
 
     public init(dtype: ElementType = .f32, contextLength: Int? = nil, expertsPerToken: Int? = nil, bits: Int? = nil) {
         self.dtype = dtype
