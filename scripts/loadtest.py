@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--pid", type=int, help="server process, for its peak resident memory")
+    ap.add_argument("--lengths", default="4,12,40,120,300", help="prompt lengths in words, drawn at random")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     u = urllib.parse.urlparse(args.url)
@@ -102,7 +103,7 @@ def main():
     # Mixed prompt lengths: short chat-like, paragraph, long document.
     bodies = []
     for i in range(args.requests):
-        words = rng.choice([4, 12, 40, 120, 300])
+        words = rng.choice([int(w) for w in args.lengths.split(",")])
         bodies.append({"prompt": prompt_of(words, rng), "max_tokens": args.max_tokens, "temperature": 0.7,
                        "seed": i, "stream": True, "stream_options": {"include_usage": True}})
     results = [None] * args.requests

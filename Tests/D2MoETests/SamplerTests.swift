@@ -33,6 +33,18 @@ import D2MoE
         #expect(Set(sample(p, logits, count: 50)) == [1])
     }
 
+    @Test func topKKeepsTheKLargestAndTheirProportions() {
+        // Tokens 1 (2.0), 5 (1.9) and 3 (1.5) are the three largest.
+        var p = SamplingParameters()
+        p.temperature = 1
+        p.topK = 3; p.topP = 1; p.minP = 0
+        let draws = sample(p, logits, count: 6000)
+        #expect(Set(draws) == [1, 3, 5])
+        let share1 = Double(draws.filter { $0 == 1 }.count) / 6000
+        let expected = exp(2.0) / (exp(2.0) + exp(1.9) + exp(1.5))
+        #expect(abs(share1 - expected) < 0.03)
+    }
+
     @Test func topPKeepsOnlyTheNucleus() {
         // Probabilities ∝ e^l: tokens 1 and 5 hold ~63% together; p = 0.5 keeps tokens 1 and 5 only.
         var p = SamplingParameters()
