@@ -47,6 +47,9 @@ struct TrainRouter: ParsableCommand {
     @Option(name: .long, help: "Errors relative to each router's mean output energy (layer) or to the mean over all routers (global: absolute error in the residual stream).")
     var errorScale: String = "layer"
 
+    @Flag(name: .long, help: "Weight each layer's errors by its effect on the output: the KL divergence of the model's next-token distribution with that layer alone at the lowest level (one calibration window), per unit of its NMSE.")
+    var sensitivity = false
+
     @Flag(name: .long, help: "Print the summary as one JSON object.")
     var json = false
 
@@ -60,6 +63,7 @@ struct TrainRouter: ParsableCommand {
             o.learningRate = lr; o.seed = seed
             guard ["layer", "global"].contains(errorScale) else { throw ValidationError("--error-scale must be layer or global, got '\(errorScale)'") }
             o.globalErrorScale = errorScale == "global"
+            o.sensitivity = sensitivity
             if capacity != "none" {
                 let c = capacity.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
                 guard c.allSatisfy({ $0 != nil }) else { throw ValidationError("--capacity must be numbers separated by commas, got '\(capacity)'") }

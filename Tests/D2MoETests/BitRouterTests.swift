@@ -221,5 +221,14 @@ import D2MoEFormats
         let batch = (0..<8).map { BatchToken(sequence: 0, position: $0, token: Int32(100 + $0), wantsLogits: $0 == 7) }
         _ = try engine.model.forward(batch, caches: [engine.model.makeCache(capacity: 16)])
         #expect(try #require(engine.model.bitRouting).stats.total.reduce(0, +) == 2 * 8 * 2)
+
+        // --sensitivity: the same run with per-layer weights from the output's KL divergence;
+        // the model it measured on is back to one level afterwards, so the routers still fit.
+        o.sensitivity = true
+        let weighted = try RouterTraining.train(model: path, text: text, corpus: "test", options: o)
+        #expect(weighted.routers == 16 && weighted.epochs.allSatisfy { $0.loss.isFinite })
+        let note = try #require(try MWQFile(path: path).routers()?.training)
+        #expect(note["sensitivity"] == .bool(true))
+        #expect(try #require(try MWQFile(path: path).routers()) != set)
     }
 }

@@ -27,6 +27,8 @@ public struct RouterTrainingOptions: Sendable {
     /// Scale errors by the mean output energy of all routers rather than each router's own
     /// (`--error-scale global`): the cost is then the absolute error added to the residual stream.
     public var globalErrorScale = false
+    /// Weight each layer's errors by its measured effect on the output (`--sensitivity`).
+    public var sensitivity = false
     public init() {}
 }
 
@@ -288,7 +290,16 @@ extension RouterTraining {
         let engine = try Engine.load(path: path, options: LoadOptions(contextLength: options.window))
         let ids = engine.tokenizer.encode(text, addSpecial: false, parseSpecial: false)
         let start = Date()
-        let samples = try collect(model: engine.model, tokens: ids, levels: bits.count, options: options, progress: progress)
+        var samples = try collect(model: engine.model, tokens: ids, levels: bits.count, options: options, progress: progress)
+        if options.sensitivity {
+            let w = try sensitivity(model: engine.model, tokens: ids, window: options.window, samples: samples, bits: bits, progress: progress)
+            progress("layer weights: " + w.keys.sorted().map { String(format: "%d:%.2f", $0, w[$0]!) }.joined(separator: " "))
+            for i in samples.indices {
+                let f = w[samples[i].layer] ?? 1
+                for j in samples[i].errors.indices { samples[i].errors[j] *= f }
+                for j in samples[i].energy.indices { samples[i].energy[j] *= f }
+            }
+        }
         let collected = Date()
         let rows = samples.reduce(0) { $0 + $1.rows }
         progress("collected \(rows) rows for \(samples.count) routers in \(String(format: "%.1f", collected.timeIntervalSince(start))) s")
@@ -307,7 +318,7 @@ extension RouterTraining {
             "objective": .string("per-layer: sum_k p_k (NMSE_k vs highest level + alpha * bits_k)"),
             "corpus": .string(corpus), "tokens": .int(tokensRun), "alpha": .double(options.alpha), "epochs": .int(options.epochs),
             "seed": .int(Int(truncatingIfNeeded: options.seed)), "rows_per_router": .int(options.rowsPerRouter),
-            "error_scale": .string(options.globalErrorScale ? "global" : "layer"),
+            "error_scale": .string(options.globalErrorScale ? "global" : "layer"), "sensitivity": .bool(options.sensitivity),
         ]
         if let c = options.capacity { info["capacity"] = .array(c.map { .double($0) }) }
         let set = MWQRouterSet(hidden: engine.model.info.hiddenSize, levels: bits.count, routers: routers, training: .object(info))
