@@ -195,7 +195,8 @@ private struct Fields {
         guard case .number(let d) = v else { throw APIError.badRequest("'\(key)' must be an integer", param: key) }
         guard d.isFinite, d == d.rounded() else { throw APIError.badRequest("'\(key)' must be an integer, got \(d)", param: key) }
         guard d >= Double(range.lowerBound), d <= Double(range.upperBound) else {
-            throw APIError.badRequest("'\(key)' must be in \(range.lowerBound)...\(range.upperBound), got \(d)", param: key)
+            let shown = abs(d) < 1e15 ? String(Int(d)) : "\(d)"
+            throw APIError.badRequest("'\(key)' must be in \(range.lowerBound)...\(range.upperBound), got \(shown)", param: key)
         }
         return Int(d)
     }
