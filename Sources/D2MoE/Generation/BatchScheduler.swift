@@ -83,6 +83,9 @@ public final class BatchScheduler: @unchecked Sendable {
     private var exited = false
     private var exitWaiters: [CheckedContinuation<Void, Never>] = []
     private let kvBudget: Int
+    /// The running sequences of the current step and their caches, in batch-sequence order.
+    private var live: [Slot] = []
+    private var caches: [KVCache] = []
     private let bytesPerPosition: Int
 
     public init(engine: Engine, limits: SchedulerLimits = .init()) {
@@ -203,7 +206,13 @@ public final class BatchScheduler: @unchecked Sendable {
 
     private func step(_ batch: inout [BatchToken], _ logits: inout [Float]) {
         for s in running where s.flag.isSet { s.finish(.cancelled) }
-        let live = running.filter { !$0.done }
+        // Reused between steps (scheduler thread only), so a step allocates nothing for them.
+        live.removeAll(keepingCapacity: true)
+        caches.removeAll(keepingCapacity: true)
+        for s in running where !s.done {
+            live.append(s)
+            caches.append(s.cache!)
+        }
         guard !live.isEmpty else { return }
         batch.removeAll(keepingCapacity: true)
         var decode = 0
@@ -248,7 +257,6 @@ public final class BatchScheduler: @unchecked Sendable {
     /// only the ones whose step fails are failed. Returns failure messages by sequence index.
     private func forward(_ batch: [BatchToken], live: [Slot], logits: inout [Float]) -> [Int: String] {
         let model = engine.model
-        let caches = live.map { $0.cache! }
         do {
             try stepFault?(Array(Set(batch.map { live[$0.sequence].id })).sorted())
             try logits.withUnsafeMutableBufferPointer { try model.forward(batch, caches: caches, logits: $0.baseAddress!) }
