@@ -51,6 +51,9 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: .long, help: "Write the routing of the run as a d2moe trace (JSON lines; see RoutingTrace).")
     var recordTrace: String?
 
+    @Option(name: .long, help: "Feed the tokens of this UTF-8 text (e.g. WikiText-2) instead of random tokens, so experts are routed as for real text.")
+    var text: String?
+
     @Flag(name: .long, help: "With --memory-budget: per-layer expert statistics.")
     var perLayer = false
 
@@ -71,6 +74,13 @@ struct ModelBench: AsyncParsableCommand {
         try sweep(budgets: budgetList, policies: policyList, requests: counts.map { $0! })
     }
 
+    /// The --text file's tokens, nil without it.
+    func benchText(_ engine: Engine) throws -> [Int32]? {
+        guard let text else { return nil }
+        guard let s = try? String(contentsOfFile: text, encoding: .utf8) else { throw ValidationError("cannot read --text '\(text)' as UTF-8") }
+        return engine.tokenizer.encode(s, addSpecial: false, parseSpecial: false)
+    }
+
     /// Trace replay and recording.
     func attachHooks(_ engine: Engine, requests: Int) throws {
         if trace != nil && recordTrace != nil { throw ValidationError("--trace and --record-trace cannot be combined") }
@@ -89,7 +99,7 @@ struct ModelBench: AsyncParsableCommand {
             let engine = try modelOptions.load()
             try attachHooks(engine, requests: requests)
             let result = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                                repetitions: repetitions, requests: requests)
+                                                repetitions: repetitions, requests: requests, text: try benchText(engine))
             if json {
                 printJSON(result)
             } else {

@@ -43,13 +43,19 @@ extension ModelBench {
         var rows: [SweepRow] = []
         // --ablation alone runs just its steps; with --policies (or --policy) the presets too.
         var configs = ablation && self.policies == nil && modelOptions.policy == nil ? []
-            : policies.map { SweepConfig(name: $0 ?? "custom", policy: $0, copies: $0 == "matryoshka-free") }
+            : policies.map { name -> SweepConfig in
+                // smoe@A: SMoE substitution at α = A.
+                if let name, name.hasPrefix("smoe@"), let a = Double(name.dropFirst(5)) {
+                    return SweepConfig(name: name, policy: "smoe") { $0.alpha = a }
+                }
+                return SweepConfig(name: name ?? "custom", policy: name, copies: name == "matryoshka-free")
+            }
         if ablation { configs += SweepConfig.ablation }
         if configs.contains(where: \.copies), copies == nil {
             fail("matryoshka-free and the ablation's first step run on separate copies: give --copies FILE (synth or quantize --scheme mfree)")
         }
         if !json {
-            print("budget      policy            requests    pp t/s    tg t/s  RSS after load  run peak  expert MiB read/step  hit ratio per level")
+            print("budget      policy            requests    pp t/s    tg t/s  RSS after load  run peak  expert MiB read/step  hit ratio per level | subst skip /token·layer")
         }
         for budget in budgets {
             for config in configs {
@@ -105,7 +111,7 @@ extension ModelBench {
             let r: SpeedBenchmark.Result
             do {
                 r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                           repetitions: repetitions, requests: n)
+                                           repetitions: repetitions, requests: n, text: try benchText(engine))
             } catch { fail(String(describing: error)) }
             let row = SweepRow(budget: r.experts == nil ? "resident" : (budget ?? "resident"), policy: config.name, result: r)
             rows.append(row)
@@ -117,14 +123,17 @@ extension ModelBench {
     static func line(_ row: SweepRow, steps: Int) -> String {
         let r = row.result
         let read = r.experts.map { Double($0.total.bytesRead) / 1_048_576 / Double(steps) } ?? 0
-        let hits = r.experts.map { "[" + $0.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]" } ?? "-"
+        let hits = r.experts.map { e in
+            "[" + e.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]"
+                + String(format: " | %.3f %.3f", e.perToken(e.total.misses.substituted), e.perToken(e.total.misses.skipped))
+        } ?? "-"
         return row.budget.padding(toLength: 12, withPad: " ", startingAt: 0) + row.policy.padding(toLength: 16, withPad: " ", startingAt: 0)
             + String(format: "%10d %9.1f %9.2f %15@ %9@ %21.1f  %@", r.requests, r.promptTokensPerSecond, r.generationTokensPerSecond,
                      formatBytes(r.startResidentBytes), formatBytes(r.runPeakResidentBytes), read, hits)
     }
 
     static func writeCSV(_ rows: [SweepRow], to path: String) throws {
-        var text = "budget,policy,requests,budget_bytes,pp_tokens_per_s,tg_tokens_per_s,resident_after_load_bytes,run_peak_rss_bytes,kv_cache_bytes,expert_bytes_read,pieces_read,hit_ratio_per_level,average_bits,io_busy_s,compute_busy_s,wall_s\n"
+        var text = "budget,policy,requests,budget_bytes,pp_tokens_per_s,tg_tokens_per_s,resident_after_load_bytes,run_peak_rss_bytes,kv_cache_bytes,expert_bytes_read,pieces_read,hit_ratio_per_level,average_bits,io_busy_s,compute_busy_s,wall_s,hit_ratio,bytes_read_per_token,substituted_per_token_layer,downgraded_per_token_layer,skipped_per_token_layer,prediction_accuracy\n"
         for row in rows {
             let r = row.result, e = r.experts, t = e?.total
             let fields: [String] = [
@@ -134,6 +143,11 @@ extension ModelBench {
                 "\(t?.piecesRead.reduce(0, +) ?? 0)", (e?.hitRatio.map { String(format: "%.4f", $0) } ?? []).joined(separator: " "),
                 String(format: "%.3f", e?.averageBits ?? 0), String(format: "%.4f", t?.ioBusy ?? 0),
                 String(format: "%.4f", t?.computeBusy ?? 0), String(format: "%.4f", t?.wall ?? 0),
+                String(format: "%.4f", e?.overallHitRatio ?? 0), String(format: "%.0f", e?.bytesReadPerToken ?? 0),
+                String(format: "%.4f", e.map { $0.perToken($0.total.misses.substituted) } ?? 0),
+                String(format: "%.4f", e.map { $0.perToken($0.total.misses.downgraded) } ?? 0),
+                String(format: "%.4f", e.map { $0.perToken($0.total.misses.skipped) } ?? 0),
+                String(format: "%.4f", e?.predictionAccuracy ?? 0),
             ]
             text += fields.joined(separator: ",") + "\n"
         }

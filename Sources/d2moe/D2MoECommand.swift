@@ -66,6 +66,27 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .long, help: "With --memory-budget: read the next MoE layer's likely experts (its router applied to the current hidden state) while this layer computes; they stay protected until used.")
     var prefetch = false
 
+    @Option(name: .long, help: "With --policy smoe: chosen experts scoring below (1+α)·S (S: the (k+1)-th highest gate score) may be substituted when missing; 0 substitutes nothing.")
+    var alpha: Double = 0.2
+
+    @Option(name: .long, help: "With --policy smoe: a substitute's weight: own (its gate score as the model weights chosen experts), inherit (the replaced expert's), scaled (the replaced one's × the score ratio).")
+    var substituteWeight: String = "own"
+
+    @Option(name: .long, help: "With --policy smoe and --memory-budget: choose α (of 0, 0.1, …, 0.5) as the smallest whose fitted decode latency meets this many milliseconds per token.")
+    var latencyTarget: Double?
+
+    @Option(name: .long, help: "With --policy hobbit: a miss whose token's more important experts hold at most this share of its gate weight reads the full level.")
+    var t1: Double = 0.6
+
+    @Option(name: .long, help: "With --policy hobbit: at most this share, a low level (--hobbit-low-level); above it the miss is skipped.")
+    var t2: Double = 0.9
+
+    @Option(name: .long, help: "With --policy hobbit: the level (1 = the base) a mid-importance miss reads.")
+    var hobbitLowLevel: Int = 1
+
+    @Option(name: .long, help: "With --eviction score (--policy smoe): decode steps of gate scores averaged per expert.")
+    var scoreWindow: Int = 8
+
     func load() throws -> Engine { try load(adjust: { _ in }) }
 
     /// Loads with the expert streaming options changed by `adjust` after the flags and the
@@ -93,7 +114,15 @@ struct ModelOptions: ParsableArguments {
             options.streaming = try streaming()
             if options.streaming != nil { adjust(&options.streaming!) }
         }
-        return try Engine.load(path: model, options: options)
+        let engine = try Engine.load(path: model, options: options)
+        if let latencyTarget {
+            let r = try AlphaTuning.tune(engine: engine, targetMilliseconds: latencyTarget)
+            let fit = r.samples.map { String(format: "α %.1f: %.1f ms", $0[0], $0[1]) }.joined(separator: ", ")
+            FileHandle.standardError.write(Data(String(format: "latency target %.1f ms/token: measured %@; fit %.2f + %.2f·α ms; α = %.1f%@\n",
+                                                       latencyTarget, fit, r.intercept, r.slope, r.alpha,
+                                                       r.meetsTarget ? "" : " (no α meets the target: the largest)").utf8))
+        }
+        return engine
     }
 }
 
@@ -129,6 +158,18 @@ extension ModelOptions {
         if let policy {
             do { try s.apply(policy: policy) } catch { throw ValidationError(String(describing: error)) }
         }
+        guard (0...1).contains(alpha) else { throw ValidationError("--alpha must be in [0, 1], got \(alpha)") }
+        s.alpha = alpha
+        guard let weight = SubstituteWeight(rawValue: substituteWeight) else {
+            throw ValidationError("--substitute-weight must be own, inherit or scaled, got '\(substituteWeight)'")
+        }
+        s.substituteWeight = weight
+        guard 0 <= t1, t1 <= t2, t2 <= 1 else { throw ValidationError("--t1 and --t2 need 0 ≤ T1 ≤ T2 ≤ 1, got \(t1), \(t2)") }
+        s.hobbitThresholds = (t1, t2)
+        s.hobbitLowLevel = hobbitLowLevel
+        guard scoreWindow >= 1 else { throw ValidationError("--score-window must be ≥ 1, got \(scoreWindow)") }
+        s.scoreWindow = scoreWindow
+        if latencyTarget != nil, s.missPolicy != "smoe" { throw ValidationError("--latency-target chooses SMoE's α: give --policy smoe") }
         return s
     }
 }

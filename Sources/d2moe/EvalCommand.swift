@@ -25,6 +25,9 @@ struct PerplexityCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Stop after this many windows.")
     var maxChunks: Int?
 
+    @Option(name: .long, help: "Tokens per forward pass in the scored half of each window (1: one token per step, as decoding runs, so expert policies decide per token as they do when generating).")
+    var scoreBatch: Int?
+
     @Flag(name: .long, help: "Print one JSON object instead of progress lines.")
     var json = false
 
@@ -55,7 +58,8 @@ struct PerplexityCommand: AsyncParsableCommand {
                 }
                 let engine = try options.load()
                 lastEngine = engine
-                result = try Perplexity.evaluate(engine: engine, text: text, context: context, maxChunks: maxChunks, progress: progress)
+                result = try Perplexity.evaluate(engine: engine, text: text, context: context, maxChunks: maxChunks,
+                                                 scoreBatchSize: scoreBatch, progress: progress)
             }
             let bits = lastEngine.flatMap(bitWidthStats)
             if json {

@@ -99,11 +99,44 @@ final class ExpertPool: @unchecked Sendable {
         e.pins -= 1
     }
 
-    /// Records a use of a piece for recency and frequency policies.
-    func touch(_ e: Entry) {
+    /// Records a use of a piece for recency and frequency policies; `high`: by a group at the
+    /// file's highest level.
+    func touch(_ e: Entry, high: Bool = false) {
         tick += 1
         e.usage.lastUse = tick
         e.usage.uses += 1
+        if high { e.usage.highUses += 1 }
+    }
+
+    // Gate scores for score-based eviction: per MoE layer, a ring of the last `scoreWindow`
+    // steps' mean probability of every expert ([layer][step slot · experts + expert]).
+    private var scoreRing: [[Float]] = []
+    private var scoreSteps: [Int] = []
+    /// Experts chosen in `currentLayer`'s step, shielded from score-based eviction until it ends.
+    var shielded: Set<Int> = []
+
+    /// Adds one step of layer `layer`'s mean gate score per expert.
+    func recordScores(layer: Int, _ means: [Float]) {
+        let window = eviction.scoreWindow, experts = store.expertCount
+        guard window > 0, means.count == experts else { return }
+        if scoreRing.isEmpty {
+            scoreRing = Array(repeating: Array(repeating: 0, count: window * experts), count: layerCount)
+            scoreSteps = Array(repeating: 0, count: layerCount)
+        }
+        let slot = scoreSteps[layer] % window
+        for e in 0..<experts { scoreRing[layer][slot * experts + e] = means[e] }
+        scoreSteps[layer] += 1
+    }
+
+    /// The expert's mean gate score over its layer's recorded steps (at most the window).
+    func averageScore(layer: Int, expert: Int) -> Float {
+        guard !scoreRing.isEmpty else { return 0 }
+        let window = eviction.scoreWindow, experts = store.expertCount
+        let n = min(scoreSteps[layer], window)
+        guard n > 0 else { return 0 }
+        var sum: Float = 0
+        for i in 0..<n { sum += scoreRing[layer][i * experts + expert] }
+        return sum / Float(n)
     }
 
     /// Makes room for `bytes` more by evicting unpinned ready pieces; false (evicting nothing
@@ -118,7 +151,13 @@ final class ExpertPool: @unchecked Sendable {
                 let upper = candidates.filter { $0.key.level > 1 }
                 if !upper.isEmpty { candidates = upper }
             }
-            let usages = candidates.map(\.usage)
+            let scored = eviction.scoreWindow > 0
+            let usages = candidates.map { c -> PieceUsage in
+                var u = c.usage
+                if scored { u.score = averageScore(layer: u.key.layer, expert: u.key.expert) }
+                u.shielded = u.key.layer == currentLayer && shielded.contains(u.key.expert)
+                return u
+            }
             let i = eviction.victim(among: usages, currentLayer: currentLayer, layerCount: layerCount)
             remove(candidates[i])
             evictions += 1
@@ -197,77 +236,3 @@ final class ExpertPool: @unchecked Sendable {
     }
 }
 
-/// What an eviction policy sees of a resident piece.
-public struct PieceUsage: Sendable {
-    public var key: PieceKey
-    /// Bytes it occupies.
-    public var bytes: Int
-    /// Tick of its last use (higher is more recent).
-    public var lastUse: UInt64
-    /// Uses since it was loaded.
-    public var uses: Int
-}
-
-/// Chooses which resident, unpinned piece to drop when the pool needs room.
-public protocol EvictionPolicy: Sendable {
-    /// The `--eviction` name.
-    var name: String { get }
-    /// Index into `candidates` (never empty) of the piece to evict. `currentLayer` is the MoE
-    /// layer being computed, of `layerCount`.
-    func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int
-}
-
-/// The paper's rule: the layer whose turn comes last (the one just computed) goes first, its high
-/// levels before its low ones; least recently used among equals.
-public struct LayerDistanceEviction: EvictionPolicy {
-    public init() {}
-    public var name: String { "layer" }
-    public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
-        func rank(_ u: PieceUsage) -> (Int, Int, UInt64) {
-            // Layers until this piece's layer runs again (0: the current one).
-            let until = (u.key.layer - currentLayer + layerCount) % max(layerCount, 1)
-            return (until, u.key.level, UInt64.max - u.lastUse)
-        }
-        var best = 0
-        for i in 1..<candidates.count where rank(candidates[i]) > rank(candidates[best]) { best = i }
-        return best
-    }
-}
-
-/// Least recently used.
-public struct LRUEviction: EvictionPolicy {
-    public init() {}
-    public var name: String { "lru" }
-    public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
-        var best = 0
-        for i in 1..<candidates.count where candidates[i].lastUse < candidates[best].lastUse { best = i }
-        return best
-    }
-}
-
-/// Least frequently used; least recently used among equals.
-public struct LFUEviction: EvictionPolicy {
-    public init() {}
-    public var name: String { "lfu" }
-    public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
-        var best = 0
-        for i in 1..<candidates.count {
-            let c = candidates[i], b = candidates[best]
-            if c.uses < b.uses || (c.uses == b.uses && c.lastUse < b.lastUse) { best = i }
-        }
-        return best
-    }
-}
-
-/// The eviction policies by `--eviction` name.
-public enum EvictionPolicies {
-    public static let names = ["layer", "lru", "lfu"]
-    public static func named(_ name: String) throws -> EvictionPolicy {
-        switch name {
-        case "layer": return LayerDistanceEviction()
-        case "lru": return LRUEviction()
-        case "lfu": return LFUEviction()
-        default: throw ModelError("unknown eviction policy '\(name)' (\(names.joined(separator: ", ")))")
-        }
-    }
-}

@@ -23,6 +23,14 @@ public struct ExpertStreamStats: Codable, Sendable {
         /// resident because they were read ahead.
         public var prefetched = 0
         public var prefetchHits = 0
+        /// Tokens routed through the layer (summed over steps).
+        public var tokens = 0
+        /// What the miss policy did.
+        public var misses = MissCounts()
+        /// Slots of the layer's routes that a prefetch predicted, and how many of the predicted
+        /// experts were among the chosen ones (the next-layer prediction's accuracy).
+        public var predictedSlots = 0
+        public var predictedHits = 0
 
         init(levels: Int) {
             piecesRead = Array(repeating: 0, count: levels)
@@ -38,6 +46,7 @@ public struct ExpertStreamStats: Codable, Sendable {
                 piecesRead[k] += o.piecesRead[k]; hits[k] += o.hits[k]; expertTokens[k] += o.expertTokens[k]
             }
             prefetched += o.prefetched; prefetchHits += o.prefetchHits
+            tokens += o.tokens; misses.add(o.misses); predictedSlots += o.predictedSlots; predictedHits += o.predictedHits
             ioBusy += o.ioBusy; computeBusy += o.computeBusy; computeIdle += o.computeIdle; wall += o.wall
         }
     }
@@ -78,6 +87,32 @@ public struct ExpertStreamStats: Codable, Sendable {
         }
     }
 
+    /// Fraction of the chosen experts the next-layer prediction named.
+    public var predictionAccuracy: Double {
+        let t = total
+        return t.predictedSlots == 0 ? 0 : Double(t.predictedHits) / Double(t.predictedSlots)
+    }
+
+    /// Expert bytes read per token (tokens counted once, not once per layer).
+    public var bytesReadPerToken: Double {
+        let t = total
+        let tokens = Double(t.tokens) / Double(max(1, layers.count))
+        return tokens == 0 ? 0 : Double(t.bytesRead) / tokens
+    }
+
+    /// A count over the run per token per MoE layer.
+    public func perToken(_ n: Int) -> Double {
+        let t = total.tokens
+        return t == 0 ? 0 : Double(n) / Double(t)
+    }
+
+    /// Fraction of all needed pieces found resident.
+    public var overallHitRatio: Double {
+        let t = total
+        let hits = t.hits.reduce(0, +), n = hits + t.piecesRead.reduce(0, +)
+        return n == 0 ? 0 : Double(hits) / Double(n)
+    }
+
     /// Average bits per (token, expert).
     public var averageBits: Double {
         let t = total.expertTokens
@@ -95,7 +130,11 @@ public struct ExpertStreamStats: Codable, Sendable {
             String(format: "experts: read %@ in %d pieces %@, hit ratio per level %@, %d evictions",
                    mib(t.bytesRead), t.piecesRead.reduce(0, +), "\(t.piecesRead)",
                    "[" + hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]", evictions),
-            "experts: prefetched \(t.prefetched) pieces, \(t.prefetchHits) of them used",
+            "experts: prefetched \(t.prefetched) pieces, \(t.prefetchHits) of them used"
+                + (t.predictedSlots > 0 ? String(format: "; next-layer prediction accuracy %.3f", predictionAccuracy) : ""),
+            String(format: "experts: per token per MoE layer %.3f substituted, %.3f downgraded, %.3f skipped; %@ read per token",
+                   perToken(t.misses.substituted), perToken(t.misses.downgraded), perToken(t.misses.skipped),
+                   mib(Int(bytesReadPerToken))),
             "experts: wall \(ms(t.wall)), I/O busy \(ms(t.ioBusy)) (idle \(ms(t.ioIdle))), compute busy \(ms(t.computeBusy)) (idle \(ms(t.computeIdle)))",
         ]
         if perLayer {

@@ -148,6 +148,8 @@ public final class TraceReplay: RoutingHook, @unchecked Sendable {
         guard trace.expertCount <= nExperts else {
             throw ModelError("\(trace.source): the trace names expert \(trace.expertCount - 1), the model has \(nExperts) per layer")
         }
+        // Trace weights, like the fallback below, sum to one over the chosen experts.
+        routes.weighting = .normalized
         for (t, bt) in batch.enumerated() {
             let i = (bt.position + bt.sequence * sequenceOffset) % trace.count
             guard moeLayer < trace.layerCount, let r = trace.tokens[i][moeLayer] else { unknown += 1; continue }

@@ -28,6 +28,12 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
     /// `--prefetch`: read the next MoE layer's likely experts while this one computes.
     public var prefetchEnabled = false
     public var wantsPrefetch: Bool { prefetchEnabled }
+    /// What to do with chosen experts that are not resident (`--policy smoe`, `hobbit`); nil
+    /// reads every one.
+    public var missPolicy: MissPolicy?
+    /// The experts the last prefetch predicted for each layer, [tokens, topK], to score the
+    /// prediction when the layer runs.
+    private var predictions: [Int: [Int32]] = [:]
     /// The next layer's predicted routes, queued once this layer's own pieces are admitted.
     private var scheduledPrefetch: (layer: Int, routes: ExpertRoutes)?
     /// Prefetched pieces, pinned (protected) until their layer's step has run: layer → entries.
@@ -94,6 +100,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
     /// the current hidden state) will need in `layer`, once its own pieces are queued.
     public func schedulePrefetch(layer: Int, routes: ExpertRoutes) {
         scheduledPrefetch = (layer, routes)
+        predictions[layer] = routes.experts
     }
 
     /// Reserves and queues the predicted pieces that are missing, as far as the budget allows
@@ -107,6 +114,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                          levelCount: levelCount, into: &levels)
         var need = [Int: Set<Int>](), count = [Int: Int]()
         for (s, e) in routes.experts.enumerated() {
+            if let miss = missPolicy, !miss.prefetchWants(routes: routes, slot: s, nExperts: store.expertCount) { continue }
             need[Int(e), default: []].formUnion(store.levelsRead(at: levels[s]))
             count[Int(e), default: 0] += 1
         }
@@ -131,19 +139,47 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         var slots: [Int]
     }
 
-    public func compute(layer: Int, input x: UnsafePointer<Float>, routes: ExpertRoutes,
+    public func compute(layer: Int, input x: UnsafePointer<Float>, routes routed: ExpertRoutes,
                         output out: UnsafeMutablePointer<Float>) throws {
         let start = DispatchTime.now().uptimeNanoseconds
         let levelCount = store.levels, nExperts = store.expertCount, hidden = store.hidden
-        let topK = routes.topK, slots = routes.tokens * topK
+        let topK = routed.topK, slots = routed.tokens * topK
         var levels = [Int](repeating: levelCount, count: slots)
-        bitPolicy.levels(layer: layer, input: x, hidden: hidden, routes: routes, nExperts: nExperts, levelCount: levelCount, into: &levels)
+        bitPolicy.levels(layer: layer, input: x, hidden: hidden, routes: routed, nExperts: nExperts, levelCount: levelCount, into: &levels)
         var layerStats = ExpertStreamStats.Layer(levels: levelCount)
+        layerStats.tokens = routed.tokens
+        if let predicted = predictions.removeValue(forKey: layer), predicted.count == routed.experts.count {
+            for t in 0..<routed.tokens {
+                let actual = routed.experts[(t * topK)..<((t + 1) * topK)]
+                layerStats.predictedHits += predicted[(t * topK)..<((t + 1) * topK)].filter { actual.contains($0) }.count
+            }
+            layerStats.predictedSlots += slots
+        }
+        var routes = routed
+        if pool.eviction.scoreWindow > 0 || missPolicy != nil {
+            pool.lock.lock()
+            if pool.eviction.scoreWindow > 0, routes.tokens > 0 {
+                var means = [Float](repeating: 0, count: nExperts)
+                for t in 0..<routes.tokens { for e in 0..<nExperts { means[e] += routes.probabilities[t * nExperts + e] } }
+                for e in 0..<nExperts { means[e] /= Float(routes.tokens) }
+                pool.recordScores(layer: layer, means)
+            }
+            if let miss = missPolicy {
+                // The highest level of each expert whose pieces are all in the pool or on their way.
+                let resident = (0..<nExperts).map { e in
+                    (1...levelCount).last { l in store.levelsRead(at: l).allSatisfy { pool.entries[PieceKey(layer: layer, expert: e, level: $0)] != nil } } ?? 0
+                }
+                miss.resolve(routes: &routes, levels: &levels, nExperts: nExperts, levelCount: levelCount,
+                             residentLevel: { resident[$0] }, counts: &layerStats.misses)
+            }
+            pool.lock.unlock()
+        }
         // B[e][k]: tokens of expert e at level k; tokens needing level k of e are those at ≥ k.
         var groupIndex = [Int: Int](), groups: [Group] = []
         var tokensAt = [[Int]](repeating: [Int](repeating: 0, count: levelCount + 1), count: nExperts)
         for s in 0..<slots {
             let e = Int(routes.experts[s]), l = levels[s]
+            if l == 0 { continue }  // skipped by the miss policy
             guard e >= 0, e < nExperts, l >= 1, l <= levelCount else { throw ModelError("expert \(e) at level \(l) is out of range") }
             let key = e * (levelCount + 1) + l
             if let g = groupIndex[key] { groups[g].slots.append(s) } else {
@@ -170,6 +206,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         // The order missing pieces are read in, from the pool as it is now.
         pool.lock.lock()
         pool.currentLayer = layer
+        pool.shielded = Set(experts)
         var missing: [PieceKey] = []
         var missingPerExpert = [Int: [Int]]()
         for e in experts {
@@ -221,6 +258,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             // protection of what was prefetched for it.
             for entries in pinned.values { for case let e? in entries { pool.unpin(e) } }
             for e in prefetchPins.removeValue(forKey: layer) ?? [] { pool.unpin(e) }
+            pool.shielded = []
             pool.lock.unlock()
         }
 
@@ -275,7 +313,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             }
             if let i = ready {
                 let g = groups[i], entries = pinned[g.expert]!
-                for k in store.levelsRead(at: g.level) { pool.touch(entries[k - 1]!) }
+                for k in store.levelsRead(at: g.level) { pool.touch(entries[k - 1]!, high: g.level == levelCount) }
                 pool.lock.unlock()
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 run(g, record: store.records[layer][g.expert], entries: entries, x: x, routes: routes, slotOut: slotOut)
@@ -304,7 +342,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         layerStats.bytesRead = pool.bytesRead - bytesStart
         // Sum per token in expert-id order, as ResidentExperts does (the lock is released by the defer).
         for e in experts {
-            for s in 0..<slots where Int(routes.experts[s]) == e {
+            for s in 0..<slots where Int(routes.experts[s]) == e && levels[s] > 0 {
                 Kernels.axpy(routes.weights[s], slotOut + s * hidden, out + (s / topK) * hidden, n: hidden)
             }
         }
@@ -392,9 +430,27 @@ extension StreamingExperts {
         guard budget > 0 else { throw ModelError("the memory budget is 0 bytes") }
         guard streaming.ioThreads >= 1, streaming.ioThreads <= 64 else { throw ModelError("I/O threads must be in 1...64") }
         let activation = try CommonConfig(config).activation
-        let backend = StreamingExperts(store: store, budget: budget, eviction: try EvictionPolicies.named(streaming.eviction),
+        guard streaming.scoreWindow >= 1 else { throw ModelError("the score window must be ≥ 1 step, got \(streaming.scoreWindow)") }
+        let eviction = try EvictionPolicies.named(streaming.eviction, scoreWindow: streaming.scoreWindow)
+        let miss: MissPolicy?
+        switch streaming.missPolicy {
+        case "none": miss = nil
+        case "smoe":
+            guard (0...1).contains(streaming.alpha) else { throw ModelError("--alpha must be in [0, 1], got \(streaming.alpha)") }
+            miss = SMoESubstitution(alpha: streaming.alpha, weighting: streaming.substituteWeight)
+        case "hobbit":
+            let (t1, t2) = streaming.hobbitThresholds
+            guard 0 <= t1, t1 <= t2, t2 <= 1 else { throw ModelError("HOBBIT's thresholds need 0 ≤ T1 ≤ T2 ≤ 1, got \(t1), \(t2)") }
+            guard (1...bits.count).contains(streaming.hobbitLowLevel) else {
+                throw ModelError("HOBBIT's low level must be in 1...\(bits.count) (this file's levels \(bits)), got \(streaming.hobbitLowLevel)")
+            }
+            miss = HobbitFallback(t1: t1, t2: t2, lowLevel: streaming.hobbitLowLevel)
+        default: throw ModelError("unknown miss policy '\(streaming.missPolicy)' (none, smoe, hobbit)")
+        }
+        let backend = StreamingExperts(store: store, budget: budget, eviction: eviction,
                                        bitPolicy: policy, order: streaming.order, activation: activation, ioThreads: streaming.ioThreads)
         backend.prefetchEnabled = streaming.prefetch
+        backend.missPolicy = miss
         guard (0...1).contains(streaming.lowLevelShare) else { throw ModelError("the base-level share must be in [0, 1]") }
         backend.pool.lowLevelShare = streaming.lowLevelShare
         return backend

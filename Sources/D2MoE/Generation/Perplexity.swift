@@ -17,18 +17,24 @@ public struct PerplexityResult: Sendable, Codable {
 /// first token is replaced by BOS, and only the second half of each window is scored, so every
 /// scored token has at least context/2 tokens before it.
 public enum Perplexity {
+    /// `scoreBatchSize`: tokens per forward pass in the scored second half of each window (1
+    /// scores it the way decoding runs, one token per step; default `batchSize`).
     public static func evaluate(engine: Engine, text: String, context: Int = 512, maxChunks: Int? = nil,
-                                batchSize: Int = 512, progress: ((Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
+                                batchSize: Int = 512, scoreBatchSize: Int? = nil,
+                                progress: ((Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
         let tokenizer = engine.tokenizer
         let tokens = tokenizer.encode(text, addSpecial: true, parseSpecial: false)
         return try evaluate(model: engine.model, tokens: tokens, bos: tokenizer.addsBOS ? tokenizer.bosID : nil,
-                            context: context, maxChunks: maxChunks, batchSize: batchSize, progress: progress)
+                            context: context, maxChunks: maxChunks, batchSize: batchSize, scoreBatchSize: scoreBatchSize, progress: progress)
     }
 
     /// The same on an already tokenized text.
     public static func evaluate(model: TransformerModel, tokens: [Int32], bos: Int32?, context: Int, maxChunks: Int? = nil,
-                                batchSize: Int = 512, progress: ((Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
+                                batchSize: Int = 512, scoreBatchSize: Int? = nil,
+                                progress: ((Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
         guard context >= 8 else { throw GenerationError.invalidParameter("context must be ≥ 8, got \(context)") }
+        let scoreBatch = scoreBatchSize ?? batchSize
+        guard batchSize >= 1, scoreBatch >= 1 else { throw GenerationError.invalidParameter("batch sizes must be ≥ 1") }
         let available = tokens.count / context
         guard available >= 1 else {
             throw GenerationError.invalidParameter("the text has \(tokens.count) tokens, fewer than one window of \(context)")
@@ -48,7 +54,9 @@ public enum Perplexity {
             if let bos { window[0] = bos }
             var position = 0
             while position < context {
-                let end = min(context, position + batchSize)
+                // The unscored first half in big batches, the scored half in `scoreBatch` ones.
+                let end = scoreBatchSize == nil ? min(context, position + batchSize)
+                    : position < first ? min(first, position + batchSize) : min(context, position + scoreBatch)
                 // Logits are needed for positions first ..< context-1 (each predicts the next token).
                 let batch = (position..<end).map {
                     BatchToken(sequence: 0, position: $0, token: window[$0], wantsLogits: $0 >= first && $0 < context - 1)

@@ -35,17 +35,30 @@ public enum SpeedBenchmark {
         public var peakReset = false
     }
 
-    public static func run(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int = 1) throws -> Result {
+    /// `text`: real tokens to feed instead of random ones (sequence s, round r starts at a
+    /// different offset), so that expert routing is the model's routing of real text.
+    public static func run(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int = 1,
+                           text: [Int32]? = nil) throws -> Result {
         try onComputeThread { try measure(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                          repetitions: repetitions, requests: requests) }
+                                          repetitions: repetitions, requests: requests, text: text) }
     }
 
-    static func measure(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int) throws -> Result {
+    static func measure(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int,
+                        text: [Int32]? = nil) throws -> Result {
         let model = engine.model
         guard promptTokens + generateTokens <= engine.contextLength else {
             throw GenerationError.promptTooLong(tokens: promptTokens + generateTokens, context: engine.contextLength)
         }
         guard requests >= 1 else { throw GenerationError.invalidParameter("requests must be ≥ 1") }
+        let span = max(promptTokens, generateTokens, 1)
+        if let text, text.count < span + 1 {
+            throw GenerationError.invalidParameter("the benchmark text has \(text.count) tokens, fewer than \(span + 1)")
+        }
+        /// The real token at `i` of sequence `s` in round `round`.
+        func textToken(_ text: [Int32], round: Int, sequence s: Int, _ i: Int) -> Int32 {
+            let windows = max(1, (text.count - 1) / span)
+            return text[((round * requests + s) % windows) * span + i]
+        }
         var generator = SeededGenerator(seed: 42)
         let vocab = model.info.vocabularySize
         let capacity = promptTokens + generateTokens
@@ -59,7 +72,9 @@ public enum SpeedBenchmark {
         // One warm-up round, then the measured ones.
         for round in 0...max(1, repetitions) {
             if round == 1 { streamed?.resetStats() }
-            let tokens = (0..<requests).map { _ in (0..<max(promptTokens, 1)).map { _ in Int32.random(in: 0..<Int32(vocab), using: &generator) } }
+            let tokens = (0..<requests).map { s in
+                (0..<max(promptTokens, 1)).map { i in text.map { textToken($0, round: round, sequence: s, i) } ?? Int32.random(in: 0..<Int32(vocab), using: &generator) }
+            }
             if promptTokens > 0 {
                 for c in caches { c.clear() }
                 var batch: [BatchToken] = []
@@ -79,7 +94,9 @@ public enum SpeedBenchmark {
                 for position in 0..<generateTokens {
                     for s in 0..<requests { step[s].position = position }
                     try logits.withUnsafeMutableBufferPointer { try model.forward(step, caches: caches, logits: $0.baseAddress!) }
-                    for s in 0..<requests { step[s].token = Int32((position * 31 + s * 7919) % vocab) }
+                    for s in 0..<requests {
+                        step[s].token = text.map { textToken($0, round: round, sequence: s, position + 1) } ?? Int32((position * 31 + s * 7919) % vocab)
+                    }
                 }
                 if round > 0 { tg.append(Double(generateTokens * requests) / seconds(since: start)) }
             }

@@ -13,15 +13,29 @@ public struct ExpertRoutes: Sendable {
     /// [tokens, nExperts] router probabilities (softmax over all experts), for policies that rank
     /// experts by importance.
     public var probabilities: [Float]
+    /// How `weights` follow from `probabilities`, so that a policy changing the experts can
+    /// weight the new ones as the model would have.
+    public var weighting: RouteWeighting
 
     public var tokens: Int { topK == 0 ? 0 : experts.count / topK }
 
-    public init(topK: Int, experts: [Int32], weights: [Float], probabilities: [Float]) {
+    public init(topK: Int, experts: [Int32], weights: [Float], probabilities: [Float], weighting: RouteWeighting = .probability) {
         self.topK = topK
         self.experts = experts
         self.weights = weights
         self.probabilities = probabilities
+        self.weighting = weighting
     }
+}
+
+/// How an MoE block weights its chosen experts' outputs.
+public enum RouteWeighting: Sendable {
+    /// The router probability.
+    case probability
+    /// The probability renormalised over the token's chosen experts.
+    case normalized
+    /// 1 (a MoEfied dense model's unweighted sum).
+    case unit
 }
 
 /// Computes routed experts. The model calls it with "these tokens need these experts"; the
@@ -100,7 +114,8 @@ struct SparseMoE {
                 weights[t * topK + j] = unitWeights ? 1 : (normalizeTopK ? p[order[j]] / sum : p[order[j]])
             }
         }
-        return ExpertRoutes(topK: topK, experts: experts, weights: weights, probabilities: probabilities)
+        return ExpertRoutes(topK: topK, experts: experts, weights: weights, probabilities: probabilities,
+                            weighting: unitWeights ? .unit : (normalizeTopK ? .normalized : .probability))
     }
 
     /// out: [tokens, hidden] = the block's output for x (normalised hidden states). `observe`

@@ -79,6 +79,17 @@ public struct ExpertStreaming: Sendable {
     public var lowLevelShare = 0.0
     /// The `--policy` preset applied, if any (some need a file of a particular kind).
     public var policy: String?
+    /// What to do with chosen experts that are not resident: none (read them), smoe
+    /// (substitution, `alpha`, `substituteWeight`) or hobbit (low-bit fallback, `hobbitThresholds`).
+    public var missPolicy = "none"
+    /// SMoE's α: chosen experts scoring below (1+α)·S_{k+1} may be substituted.
+    public var alpha = 0.2
+    public var substituteWeight = SubstituteWeight.own
+    /// HOBBIT's T1, T2 and the level a mid-importance miss reads.
+    public var hobbitThresholds = (t1: 0.6, t2: 0.9)
+    public var hobbitLowLevel = 1
+    /// Steps of gate scores score-based eviction averages.
+    public var scoreWindow = 8
 
     /// The engine's configurations of DESIGN §3.6 that stream experts, by `--policy` name.
     public static let policies = [
@@ -86,6 +97,9 @@ public struct ExpertStreaming: Sendable {
         ("moqe-dynaio", "one uniform bit-width (--bits), experts read on demand in id order, LRU eviction, no prefetch"),
         ("matryoshka-free", "separate INT2/3/4 copies (a file quantized or synthesized with --scheme mfree), bit-widths from --bit-policy, each read whole on demand in id order, LRU eviction, no prefetch"),
         ("edgemoe", "static per-expert bit-widths by importance on calibration data (--expert-bits FILE from d2moe calibrate-bits), read on demand in id order, LRU eviction, next-layer preload"),
+        ("smoe", "importance-driven substitution (--alpha A): a low-score chosen expert that is not resident is replaced by a resident one scoring within α of the (k+1)-th, or by another token's top expert; score-based eviction (--score-window), top-score next-layer prefetch, HEBF order"),
+        ("hobbit", "HOBBIT's fallback (--t1, --t2): a miss reads the full level, a low level or is skipped by its token's cumulative gate weight before it; HOBBIT's cache priority (recency, frequency, high-precision use, layer distance), prefetch, HEBF order"),
+        ("evict-lru", "the importance comparison's baselines: every chosen expert read on a miss at --bit-policy's bits, HEBF order, no prefetch, and LRU eviction (evict-lfu: LFU, evict-layer: the paper's rule, evict-score: score-based)"),
         ("hold-int4", "every expert resident at 4 bits (no budget; the file must hold a 4-bit level)"),
         ("hold-int8", "every expert resident at 8 bits (no budget; the file must hold an 8-bit level)"),
     ]
@@ -102,8 +116,14 @@ public struct ExpertStreaming: Sendable {
             order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = false
         case "edgemoe":
             order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = true; bitPolicy = "static"
+        case "smoe":
+            order = .hebf; eviction = "score"; lowLevelShare = 0; prefetch = true; missPolicy = "smoe"
+        case "hobbit":
+            order = .hebf; eviction = "hobbit"; lowLevelShare = 0; prefetch = true; missPolicy = "hobbit"
+        case "evict-lru", "evict-lfu", "evict-layer", "evict-score":
+            order = .hebf; eviction = String(name.dropFirst("evict-".count)); lowLevelShare = 0; prefetch = false; missPolicy = "none"
         default:
-            throw ModelError("unknown policy '\(name)' (\(Self.policies.map(\.0).joined(separator: ", ")))")
+            throw ModelError("unknown policy '\(name)' (\((Self.policies.map(\.0) + ["evict-lfu", "evict-layer", "evict-score"]).joined(separator: ", ")))")
         }
     }
 
