@@ -16,6 +16,13 @@ public struct PieceUsage: Sendable {
     public var score: Float = 0
     /// True while the expert is chosen in the MoE layer being computed.
     public var shielded = false
+
+    public init(key: PieceKey, bytes: Int, lastUse: UInt64, uses: Int) {
+        self.key = key
+        self.bytes = bytes
+        self.lastUse = lastUse
+        self.uses = uses
+    }
 }
 
 /// Chooses which resident, unpinned piece to drop when the pool needs room.
@@ -108,11 +115,17 @@ public struct HobbitEviction: EvictionPolicy {
     public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
         let n = candidates.count
         guard n > 1 else { return 0 }
-        /// Rank of each candidate by `value` ascending, scaled to [0, 1].
+        /// Rank of each candidate by `value` ascending, scaled to [0, 1]; equal values share the
+        /// lowest rank among them, so a tie in one dimension favours no one.
         func ranks<T: Comparable>(_ value: (PieceUsage) -> T) -> [Double] {
-            let order = candidates.indices.sorted { value(candidates[$0]) < value(candidates[$1]) }
+            let values = candidates.map(value)
+            let order = values.indices.sorted { values[$0] < values[$1] }
             var r = [Double](repeating: 0, count: n)
-            for (i, c) in order.enumerated() { r[c] = Double(i) / Double(n - 1) }
+            var first = 0
+            for (i, c) in order.enumerated() {
+                if i > 0, values[order[i - 1]] < values[c] { first = i }
+                r[c] = Double(first) / Double(n - 1)
+            }
             return r
         }
         let recency = ranks { $0.lastUse }, frequency = ranks { $0.uses }, high = ranks { $0.highUses }
