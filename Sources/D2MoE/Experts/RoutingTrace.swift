@@ -156,6 +156,10 @@ public final class TraceReplay: RoutingHook, @unchecked Sendable {
             replayed += 1
             var sum: Float = 0
             for j in 0..<k { sum += routes.probabilities[t * nExperts + Int(r.experts[j])] }
+            // A trace with gate weights holds no score for the experts it did not choose: they
+            // score 0, not the synthetic router's values (so score-based eviction and HOBBIT see
+            // the trace's scores only, and SMoE's S_{k+1} is 0: it cannot substitute on a trace).
+            if r.weights != nil { for e in 0..<nExperts { routes.probabilities[t * nExperts + e] = 0 } }
             for j in 0..<k {
                 let e = Int(r.experts[j])
                 routes.experts[t * k + j] = r.experts[j]
