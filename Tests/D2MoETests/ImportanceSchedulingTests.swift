@@ -221,6 +221,25 @@ struct ImportanceSchedulingTests {
         #expect(full.stats.total.misses == MissCounts())
     }
 
+    /// A replayed trace scores only what it chose: its weights, or 1/k without them; the rest 0.
+    @Test func traceReplayScoresOnlyTheTracesChoice() throws {
+        let dir = ExpertStreamingTests.directory
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for (name, line, expected) in [("plain", "{\"layer\": 0, \"experts\": [4, 1]}", [Float](arrayLiteral: 0.5, 0.5)),
+                                       ("weighted", "{\"layer\": 0, \"experts\": [4, 1], \"weights\": [0.7, 0.3]}", [0.7, 0.3])] {
+            let path = dir.appendingPathComponent("score-\(name).jsonl").path
+            try Data((line + "\n").utf8).write(to: URL(fileURLWithPath: path))
+            let replay = TraceReplay(trace: try RoutingTrace.load(path: path))
+            var r = ExpertRoutes(topK: 2, experts: [0, 2], weights: [0.5, 0.5], probabilities: [Float](repeating: 1 / 6, count: 6))
+            try replay.routed(moeLayer: 0, batch: [BatchToken(sequence: 0, position: 0, token: 1, wantsLogits: false)], routes: &r, nExperts: 6)
+            #expect(r.experts == [4, 1])
+            #expect(r.probabilities == [0, expected[1], 0, 0, expected[0], 0])
+            // No S_{k+1}: nothing to substitute, whatever is resident.
+            var levels = [3, 3]
+            #expect(Self.resolve(SMoESubstitution(alpha: 0.9), &r, levels: &levels, resident: [3, 3, 3, 3, 0, 0]).substituted == 0)
+        }
+    }
+
     @Test func badSchedulingOptionsAreClearErrors() throws {
         let path = try ExpertStreamingTests.converted("olmoe")
         func message(_ configure: (inout ExpertStreaming) -> Void) -> String {

@@ -156,10 +156,14 @@ public final class TraceReplay: RoutingHook, @unchecked Sendable {
             replayed += 1
             var sum: Float = 0
             for j in 0..<k { sum += routes.probabilities[t * nExperts + Int(r.experts[j])] }
-            // A trace with gate weights holds no score for the experts it did not choose: they
-            // score 0, not the synthetic router's values (so score-based eviction and HOBBIT see
-            // the trace's scores only, and SMoE's S_{k+1} is 0: it cannot substitute on a trace).
-            if r.weights != nil { for e in 0..<nExperts { routes.probabilities[t * nExperts + e] = 0 } }
+            // A trace holds no score for the experts it did not choose: they score 0, not the
+            // synthetic router's values, so score-based eviction and HOBBIT see the trace's scores
+            // only (SMoE's S_{k+1} is 0: it cannot substitute on a trace). A trace without gate
+            // weights scores its chosen experts 1/k each; their mixing weights stay the synthetic
+            // router's, renormalised, as before.
+            var weights = [Float](repeating: 0, count: k)
+            for j in 0..<k { weights[j] = routes.probabilities[t * nExperts + Int(r.experts[j])] / max(sum, .leastNormalMagnitude) }
+            for e in 0..<nExperts { routes.probabilities[t * nExperts + e] = 0 }
             for j in 0..<k {
                 let e = Int(r.experts[j])
                 routes.experts[t * k + j] = r.experts[j]
@@ -167,7 +171,8 @@ public final class TraceReplay: RoutingHook, @unchecked Sendable {
                     routes.weights[t * k + j] = w[j]
                     routes.probabilities[t * nExperts + e] = w[j]
                 } else {
-                    routes.weights[t * k + j] = routes.probabilities[t * nExperts + e] / max(sum, .leastNormalMagnitude)
+                    routes.weights[t * k + j] = weights[j]
+                    routes.probabilities[t * nExperts + e] = 1 / Float(k)
                 }
             }
         }
