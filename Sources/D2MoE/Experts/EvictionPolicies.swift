@@ -40,6 +40,12 @@ extension EvictionPolicy {
     public var scoreWindow: Int { 0 }
 }
 
+/// MoE layers until `layer` runs again when `current` is being computed (0: the current one).
+func layersUntil(_ layer: Int, current: Int, layerCount: Int) -> Int {
+    let n = max(layerCount, 1)
+    return ((layer - current) % n + n) % n
+}
+
 /// The paper's rule: the layer whose turn comes last (the one just computed) goes first, its high
 /// levels before its low ones; least recently used among equals.
 public struct LayerDistanceEviction: EvictionPolicy {
@@ -48,8 +54,7 @@ public struct LayerDistanceEviction: EvictionPolicy {
     public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
         func rank(_ u: PieceUsage) -> (Int, Int, UInt64) {
             // Layers until this piece's layer runs again (0: the current one).
-            let until = (u.key.layer - currentLayer + layerCount) % max(layerCount, 1)
-            return (until, u.key.level, UInt64.max - u.lastUse)
+            (layersUntil(u.key.layer, current: currentLayer, layerCount: layerCount), u.key.level, UInt64.max - u.lastUse)
         }
         var best = 0
         for i in 1..<candidates.count where rank(candidates[i]) > rank(candidates[best]) { best = i }
@@ -130,7 +135,7 @@ public struct HobbitEviction: EvictionPolicy {
         }
         let recency = ranks { $0.lastUse }, frequency = ranks { $0.uses }, high = ranks { $0.highUses }
         // Layers until the piece's layer runs: the fewer, the nearer (so higher rank).
-        let nearness = ranks { -((($0.key.layer - currentLayer) % max(layerCount, 1) + layerCount) % max(layerCount, 1)) }
+        let nearness = ranks { -layersUntil($0.key.layer, current: currentLayer, layerCount: layerCount) }
         var best = 0, bestPriority = Double.infinity
         for i in 0..<n {
             let p = (recency[i] + frequency[i] + high[i] + nearness[i]) / 4

@@ -98,23 +98,23 @@ public struct SMoESubstitution: MissPolicy {
         for s in 0..<(tokens * k) where isImportant(routes, slot: s, next: next[s / k], nExperts: nExperts) {
             mustRun[Int(routes.experts[s])] = true
         }
-        let resident = (0..<nExperts).map { residentLevel($0) }
         var changed = [Bool](repeating: false, count: tokens)
         for t in 0..<tokens {
             let p = routes.probabilities[(t * nExperts)..<((t + 1) * nExperts)]
             let row = t * k
             for j in 0..<k {
                 let s = row + j, e = Int(routes.experts[s])
-                if isImportant(routes, slot: s, next: next[t], nExperts: nExperts) || mustRun[e] || resident[e] >= levels[s] { continue }
-                let inSet = Set((0..<k).map { Int(routes.experts[row + $0]) })
+                if isImportant(routes, slot: s, next: next[t], nExperts: nExperts) || mustRun[e] || residentLevel(e) >= levels[s] { continue }
+                // k is small: a scan of the token's row beats building a set per miss.
+                func inSet(_ c: Int) -> Bool { (0..<k).contains { Int(routes.experts[row + $0]) == c } }
                 var best: Int?
                 // An unchosen resident expert scoring within α of S (every unchosen one is ≤ S).
                 let floor = (1 - alpha) * Double(next[t])
-                for c in 0..<nExperts where !inSet.contains(c) && resident[c] >= levels[s] && Double(p[t * nExperts + c]) > floor {
+                for c in 0..<nExperts where !inSet(c) && Double(p[t * nExperts + c]) > floor && residentLevel(c) >= levels[s] {
                     if best == nil || p[t * nExperts + c] > p[t * nExperts + best!] { best = c }
                 }
                 if best == nil {
-                    for c in 0..<nExperts where !inSet.contains(c) && mustRun[c] {
+                    for c in 0..<nExperts where !inSet(c) && mustRun[c] {
                         if best == nil || p[t * nExperts + c] > p[t * nExperts + best!] { best = c }
                     }
                 }
