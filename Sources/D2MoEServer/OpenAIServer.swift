@@ -121,7 +121,7 @@ public final class OpenAIServer: Sendable {
         for await event in handle.events {
             switch event {
             case .text(let s, _):
-                if text.isEmpty { metrics.timeToFirstToken.recordNanoseconds(Int64(seconds(since: arrived) * 1e9)) }
+                if text.isEmpty { metrics.timeToFirstToken.recordNanoseconds(nanoseconds(since: arrived)) }
                 text += s
             case .finished(let s): stats = s
             case .failed(let message):
@@ -179,7 +179,7 @@ public final class OpenAIServer: Sendable {
             for await event in handle.events {
                 switch event {
                 case .text(let s, _):
-                    if first { metrics.timeToFirstToken.recordNanoseconds(Int64(seconds(since: arrived) * 1e9)); first = false }
+                    if first { metrics.timeToFirstToken.recordNanoseconds(nanoseconds(since: arrived)); first = false }
                     let choice = Choice(body: reply.chat ? .delta(role: nil, content: s) : .text(s))
                     try await send(encodeJSON(reply.object(object, choices: [choice])))
                 case .finished(let stats):
@@ -237,8 +237,9 @@ func jsonResponse(_ json: String, status: HTTPResponse.Status = .ok) -> Response
     Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: json)))
 }
 
-func seconds(since start: DispatchTime) -> Double {
-    Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+/// What swift-metrics' timers record.
+func nanoseconds(since start: DispatchTime) -> Int64 {
+    Int64(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds)
 }
 
 /// Turns every error into OpenAI's error object with its status, and counts requests.

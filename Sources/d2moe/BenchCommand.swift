@@ -30,7 +30,7 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: .long, help: "A comma-separated sweep of --memory-budget values (25%,50%); the model is loaded once per budget.")
     var budgets: String?
 
-    @Option(name: .long, help: "A comma-separated sweep of --policy values (d2moe,moqe-dynaio,hold-int4).")
+    @Option(name: .long, help: "A comma-separated sweep of --policy values (d2moe,moqe-dynaio,hold-int4); smoe@A sets α, a -nopf suffix turns the preset's prefetch off (hobbit-nopf).")
     var policies: String?
 
     @Option(name: .long, help: "The model of separate copies (synth or quantize --scheme mfree) that matryoshka-free rows and the ablation's first step run on; --model is the MWQ file.")
@@ -54,6 +54,9 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: .long, help: "Feed the tokens of this UTF-8 text (e.g. WikiText-2) instead of random tokens, so experts are routed as for real text.")
     var text: String?
 
+    @Option(name: .long, help: "What runs the requests: scheduler (the server's BatchScheduler, each round's requests submitted together, sampling included) or lockstep (the benchmark's own loop, as llama-bench).")
+    var driver: String = "scheduler"
+
     @Flag(name: .long, help: "With --memory-budget: per-layer expert statistics.")
     var perLayer = false
 
@@ -61,6 +64,7 @@ struct ModelBench: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        guard SpeedBenchmark.Driver(rawValue: driver) != nil else { throw ValidationError("--driver must be scheduler or lockstep, got '\(driver)'") }
         let counts = requests.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !counts.isEmpty, counts.allSatisfy({ $0 != nil && $0! >= 1 }) else {
             throw ValidationError("--requests must be positive integers separated by commas, got '\(requests)'")
@@ -99,11 +103,14 @@ struct ModelBench: AsyncParsableCommand {
             let engine = try modelOptions.load()
             try attachHooks(engine, requests: requests)
             let result = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                                repetitions: repetitions, requests: requests, text: try benchText(engine))
+                                                repetitions: repetitions, requests: requests, text: try benchText(engine),
+                                                driver: SpeedBenchmark.Driver(rawValue: driver)!)
             if json {
                 printJSON(result)
             } else {
-                if requests > 1 { print("\(requests) sequences in lockstep; tokens/s count all of them") }
+                if requests > 1 {
+                    print("\(requests) sequences \(driver == "lockstep" ? "in lockstep" : "submitted together to the batch scheduler"); tokens/s count all of them")
+                }
                 print(String(format: "model %@ | weights %@ | threads %d", modelOptions.model, formatBytes(result.weightBytes), result.threads))
                 print(String(format: "pp%d: %.1f ± %.1f tokens/s", promptTokens, result.promptTokensPerSecond, result.promptStdDev))
                 print(String(format: "tg%d: %.1f ± %.1f tokens/s", generateTokens, result.generationTokensPerSecond, result.generationStdDev))

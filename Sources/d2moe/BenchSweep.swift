@@ -43,12 +43,23 @@ extension ModelBench {
         var rows: [SweepRow] = []
         // --ablation alone runs just its steps; with --policies (or --policy) the presets too.
         var configs = ablation && self.policies == nil && modelOptions.policy == nil ? []
-            : policies.map { name -> SweepConfig in
+            : policies.map { entry -> SweepConfig in
+                // NAME-nopf: the preset with its prefetch off (a replayed trace's next-layer
+                // prediction comes from a synthetic router, so prefetching reads the wrong experts).
+                var name = entry
+                let noPrefetch = name?.hasSuffix("-nopf") == true
+                if noPrefetch { name = String(name!.dropLast(5)) }
+                var config = SweepConfig(name: entry ?? "custom", policy: name, copies: name == "matryoshka-free")
                 // smoe@A: SMoE substitution at α = A.
-                if let name, name.hasPrefix("smoe@"), let a = Double(name.dropFirst(5)) {
-                    return SweepConfig(name: name, policy: "smoe") { $0.alpha = a }
+                if let n = name, n.hasPrefix("smoe@"), let a = Double(n.dropFirst(5)) {
+                    config.policy = "smoe"
+                    config.adjust = { $0.alpha = a }
                 }
-                return SweepConfig(name: name ?? "custom", policy: name, copies: name == "matryoshka-free")
+                if noPrefetch {
+                    let before = config.adjust
+                    config.adjust = { before(&$0); $0.prefetch = false }
+                }
+                return config
             }
         if ablation { configs += SweepConfig.ablation }
         if configs.contains(where: \.copies), copies == nil {
@@ -111,7 +122,8 @@ extension ModelBench {
             let r: SpeedBenchmark.Result
             do {
                 r = try SpeedBenchmark.run(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                           repetitions: repetitions, requests: n, text: try benchText(engine))
+                                           repetitions: repetitions, requests: n, text: try benchText(engine),
+                                           driver: SpeedBenchmark.Driver(rawValue: driver)!)
             } catch { fail(String(describing: error)) }
             let row = SweepRow(budget: r.experts == nil ? "resident" : (budget ?? "resident"), policy: config.name, result: r)
             rows.append(row)

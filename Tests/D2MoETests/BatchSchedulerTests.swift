@@ -50,6 +50,69 @@ struct BatchSchedulerTests {
         await scheduler.waitUntilStopped()
     }
 
+    /// The benchmark's forced tokens replace the sampled ones on both generation paths, and
+    /// `ignoreEndOfSequence` carries on through a forced end-of-generation token.
+    @Test func forcedTokensAreGeneratedAndEndOfSequenceCanBeIgnored() async throws {
+        let engine = try engine()
+        let eos = try #require(engine.tokenizer.eotIDs.first)
+        let sentence = " the cat sat on the mat"
+        let words = engine.tokenizer.encode(sentence, addSpecial: false, parseSpecial: false)
+        let tail = engine.tokenizer.decode([words[1]])
+        let scheduler = BatchScheduler(engine: engine)
+        for ignore in [false, true] {
+            var p = greedy(words.count + 2)
+            p.forcedTokens = words + [eos, words[1]]
+            p.ignoreEndOfSequence = ignore
+            let alone = await collect(try engine.generate(tokens: try tokens("Hello"), parameters: p))
+            let batched = await collect(try scheduler.submit(tokens: try tokens("Hello"), parameters: p).events)
+            for (path, r) in [("Engine.generate", alone), ("BatchScheduler", batched)] {
+                #expect(r.text.hasPrefix(sentence), "\(path): '\(r.text)' does not start with the forced text")
+                if ignore {
+                    #expect(r.stats?.finishReason == .length && r.stats?.generatedTokens == words.count + 2, "\(path): \(String(describing: r.stats))")
+                    #expect(r.text.hasSuffix(tail), "\(path): '\(r.text)' does not end with the token forced after the end token")
+                } else {
+                    #expect(r.text == sentence && r.stats?.finishReason == .endOfSequence, "\(path): '\(r.text)' \(String(describing: r.stats?.finishReason))")
+                }
+            }
+        }
+        var short = greedy(4)
+        short.forcedTokens = [words[0]]
+        #expect(throws: GenerationError.self) { try scheduler.submit(tokens: try tokens("Hello"), parameters: short) }
+        #expect(throws: GenerationError.self) { try engine.generate(tokens: try tokens("Hello"), parameters: short) }
+        scheduler.shutdown()
+        await scheduler.waitUntilStopped()
+    }
+
+    /// A group is admitted at one step (every step of it holds all its sequences, as the
+    /// benchmark's lockstep rounds do), and a group the queue cannot take is refused whole.
+    @Test func aGroupIsAdmittedTogetherOrNotAtAll() async throws {
+        let engine = try engine()
+        var limits = SchedulerLimits()
+        limits.maxBatch = 3
+        limits.maxQueue = 0  // three run at once, none may wait
+        limits.prefillChunk = 64
+        let scheduler = BatchScheduler(engine: engine, limits: limits)
+        let first = FirstStep()
+        scheduler.onStep = { first.note($0) }
+        let prompts = try ["One", "Two three", "Four five six"].map { try tokens($0) }
+        #expect(throws: SchedulerError.queueFull(waiting: 0)) {
+            _ = try scheduler.submit(group: (prompts + prompts[0...0]).map { ($0, greedy(4)) })
+        }
+        #expect(first.step == nil && scheduler.snapshot.queued == 0, "a refused group left requests behind")
+        #expect(throws: GenerationError.self) { _ = try scheduler.submit(group: [(prompts[0], greedy(4)), ([], greedy(4))]) }
+        let handles = try scheduler.submit(group: prompts.map { ($0, greedy(4)) })
+        #expect(Set(handles.map(\.id)).count == 3)
+        for (h, p) in zip(handles, prompts) {
+            let r = await collect(h.events)
+            let alone = await collect(try engine.generate(tokens: p, parameters: greedy(4)))
+            #expect(r.text == alone.text)
+        }
+        let step = try #require(first.step)
+        #expect(step.sequences == 3 && step.prefillTokens == prompts.reduce(0) { $0 + $1.count }, "first step: \(step)")
+        scheduler.shutdown()
+        await scheduler.waitUntilStopped()
+    }
+
     @Test func aLongPromptReadInChunksGivesTheSameContinuation() async throws {
         let engine = try engine()
         let prompt = String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 30)
@@ -148,4 +211,11 @@ final class Widest: @unchecked Sendable {
     var sequences: Int { lock.withLock { _sequences } }
     var count: Int { lock.withLock { _count } }
     var mixed: Bool { lock.withLock { _mixed } }
+}
+
+final class FirstStep: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _step: SchedulerStep?
+    func note(_ s: SchedulerStep) { lock.withLock { if _step == nil { _step = s } } }
+    var step: SchedulerStep? { lock.withLock { _step } }
 }

@@ -127,6 +127,32 @@ struct ExpertStreamingTests {
         }
     }
 
+    /// Both benchmark drivers run the rounds they describe: lockstep routes P + G tokens per
+    /// sequence and round, the scheduler P (its pp round) + 1 (the tg round's one-token prompt) + G.
+    @Test func benchmarkDriversRouteTheTokensTheyDescribe() throws {
+        let synth = Self.directory.appendingPathComponent("tiny-moe-v1.mwq").path
+        if !FileManager.default.fileExists(atPath: synth) {
+            try FileManager.default.createDirectory(at: Self.directory, withIntermediateDirectories: true)
+            try SyntheticModel.write(shape: try SyntheticModel.shape(named: "tiny-moe"), scheme: try MWQConverter.Scheme("v1"), seed: 3, to: synth)
+        }
+        var options = LoadOptions(contextLength: 16, bits: 3)
+        options.streaming = ExpertStreaming(budget: .fraction(0.5))
+        let engine = try Engine.load(path: synth, options: options)
+        let (p, g, n, reps) = (4, 3, 2, 2)
+        for driver in SpeedBenchmark.Driver.allCases {
+            let r = try SpeedBenchmark.run(engine: engine, promptTokens: p, generateTokens: g, repetitions: reps, requests: n, driver: driver)
+            let routed = try #require(r.experts?.layers.first?.tokens)
+            let expected = reps * n * (p + g + (driver == .scheduler ? 1 : 0))
+            #expect(r.driver == driver)
+            #expect(routed == expected, "\(driver): \(routed) tokens routed through the first MoE layer, expected \(expected)")
+            #expect(r.promptTokensPerSecond > 0 && r.generationTokensPerSecond > 0, "\(driver): pp \(r.promptTokensPerSecond), tg \(r.generationTokensPerSecond)")
+        }
+        // Too long for the context: a clear error from either driver.
+        for driver in SpeedBenchmark.Driver.allCases {
+            #expect(throws: GenerationError.self) { try SpeedBenchmark.run(engine: engine, promptTokens: 12, generateTokens: 8, repetitions: 1, driver: driver) }
+        }
+    }
+
     /// A pool that holds everything reads each piece once and then only hits.
     @Test func ampleBudgetReadsEachPieceOnce() throws {
         let path = try Self.converted("olmoe")

@@ -106,7 +106,35 @@ public final class BatchScheduler: @unchecked Sendable {
     /// Queues a tokenized prompt. Throws when the request cannot run (the same checks as
     /// `Engine.generate`), when the queue is full, or when shutting down.
     public func submit(tokens: [Int32], parameters: GenerationParameters) throws -> ScheduledRequest {
-        try parameters.validate()
+        try submit(group: [(tokens, parameters)])[0]
+    }
+
+    /// Queues several requests at once, so they are admitted at the same step (a benchmark round,
+    /// as concurrent clients' requests would be). Each is checked as `submit(tokens:parameters:)`
+    /// checks it; if any is refused, none is queued.
+    public func submit(group: [(tokens: [Int32], parameters: GenerationParameters)]) throws -> [ScheduledRequest] {
+        let prepared = try group.map { try prepare(tokens: $0.tokens, parameters: $0.parameters) }
+        condition.lock()
+        defer { condition.unlock() }
+        guard !stopping else { throw SchedulerError.shuttingDown }
+        // Requests that will have to wait for a slot (queued ones not yet admitted into free slots count as running).
+        let waiting = queue.count + running.count - limits.maxBatch
+        guard waiting + prepared.count <= limits.maxQueue else { throw SchedulerError.queueFull(waiting: max(0, waiting)) }
+        var handles: [ScheduledRequest] = []
+        for (slot, flag, stream, tokens) in prepared {
+            let id = nextID
+            nextID += 1
+            queue.append(slot(id))
+            handles.append(ScheduledRequest(id: id, promptTokens: tokens, events: stream, flag: flag))
+        }
+        condition.signal()
+        return handles
+    }
+
+    /// Checks one request and makes what its slot needs; the slot is built once its id is known.
+    private func prepare(tokens: [Int32], parameters: GenerationParameters) throws
+        -> (slot: (Int) -> Slot, flag: CancellationFlag, events: AsyncStream<GenerationEvent>, promptTokens: Int) {
+        try parameters.validate(vocabularySize: engine.model.info.vocabularySize)
         guard !tokens.isEmpty else { throw GenerationError.emptyPrompt }
         let context = engine.contextLength
         guard tokens.count < context else { throw GenerationError.promptTooLong(tokens: tokens.count, context: context) }
@@ -119,18 +147,12 @@ public final class BatchScheduler: @unchecked Sendable {
         let flag = CancellationFlag()
         let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream(bufferingPolicy: .unbounded)
         continuation.onTermination = { _ in flag.set() }
-        condition.lock()
-        defer { condition.unlock() }
-        guard !stopping else { throw SchedulerError.shuttingDown }
-        // Requests that will have to wait for a slot (queued ones not yet admitted into free slots count as running).
-        let waiting = queue.count + running.count - limits.maxBatch
-        guard waiting < limits.maxQueue else { throw SchedulerError.queueFull(waiting: max(0, waiting)) }
-        let id = nextID
-        nextID += 1
-        queue.append(Slot(id: id, prompt: tokens, parameters: parameters, capacity: capacity, kvBytes: kvBytes,
-                          flag: flag, continuation: continuation, tokenizer: engine.tokenizer))
-        condition.signal()
-        return ScheduledRequest(id: id, promptTokens: tokens.count, events: stream, flag: flag)
+        let tokenizer = engine.tokenizer
+        let slot = { (id: Int) in
+            Slot(id: id, prompt: tokens, parameters: parameters, capacity: capacity, kvBytes: kvBytes,
+                 flag: flag, continuation: continuation, tokenizer: tokenizer)
+        }
+        return (slot, flag, stream, tokens.count)
     }
 
     public var snapshot: SchedulerSnapshot {
@@ -344,7 +366,8 @@ private final class Slot {
             firstToken = DispatchTime.now()
             stats.promptSeconds = seconds(since: admitted)
         }
-        let next = sampler.sample(logits, vocabularySize: vocabularySize, history: history)
+        let next = parameters.next(sampled: sampler.sample(logits, vocabularySize: vocabularySize, history: history),
+                                   index: stats.generatedTokens)
         stats.generatedTokens += 1
         if eot.contains(next) { return finish(.endOfSequence) }
         history.append(next)

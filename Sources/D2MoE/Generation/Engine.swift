@@ -49,7 +49,7 @@ public final class Engine: @unchecked Sendable {
 
     /// Streams the completion of a tokenized prompt.
     public func generate(tokens: [Int32], parameters: GenerationParameters = .init()) throws -> AsyncStream<GenerationEvent> {
-        try parameters.validate()
+        try parameters.validate(vocabularySize: model.info.vocabularySize)
         guard !tokens.isEmpty else { throw GenerationError.emptyPrompt }
         guard tokens.count < contextLength else {
             throw GenerationError.promptTooLong(tokens: tokens.count, context: contextLength)
@@ -81,6 +81,7 @@ public final class Engine: @unchecked Sendable {
                                     generationSeconds: 0, finishReason: .length)
         var text = StopStringFilter(stops: parameters.stopStrings)
         var decoder = StreamingDecoder(tokenizer: tokenizer)
+        let eot = parameters.ignoreEndOfSequence ? [] : tokenizer.eotIDs
         do {
             let start = DispatchTime.now()
             var position = 0
@@ -96,9 +97,10 @@ public final class Engine: @unchecked Sendable {
             let decodeStart = DispatchTime.now()
             loop: while true {
                 if cancelled.isSet { stats.finishReason = .cancelled; break }
-                let next = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, vocabularySize: vocab, history: history) }
+                let sampled = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, vocabularySize: vocab, history: history) }
+                let next = parameters.next(sampled: sampled, index: stats.generatedTokens)
                 stats.generatedTokens += 1
-                if tokenizer.eotIDs.contains(next) { stats.finishReason = .endOfSequence; break }
+                if eot.contains(next) { stats.finishReason = .endOfSequence; break }
                 history.append(next)
                 let (emit, stopped) = text.push(decoder.append(next))
                 if !emit.isEmpty { continuation.yield(.text(emit, tokens: [next])) }

@@ -68,11 +68,26 @@ public struct GenerationParameters: Sendable {
     public var parseSpecialTokens = false
     /// Keep generating through end-of-generation tokens until `maxTokens` (benchmarks).
     public var ignoreEndOfSequence = false
+    /// Benchmarks: the i-th generated token is replaced by `forcedTokens[i]` after sampling (the
+    /// sampler still runs), so a benchmark decodes real text and its experts are routed as for
+    /// that text. Needs at least `maxTokens` tokens.
+    public var forcedTokens: [Int32]?
 
     public init() {}
 
-    func validate() throws {
+    func validate(vocabularySize: Int) throws {
         try sampling.validate()
         guard maxTokens >= 1 else { throw GenerationError.invalidParameter("max tokens must be ≥ 1, got \(maxTokens)") }
+        if let forcedTokens {
+            guard forcedTokens.count >= maxTokens else {
+                throw GenerationError.invalidParameter("\(forcedTokens.count) forced tokens for \(maxTokens) max tokens")
+            }
+            if let bad = forcedTokens.first(where: { $0 < 0 || Int($0) >= vocabularySize }) {
+                throw GenerationError.invalidParameter("forced token id \(bad) is outside the vocabulary")
+            }
+        }
     }
+
+    /// The token generation continues with: the sampled one, or the forced one in its place.
+    func next(sampled: Int32, index: Int) -> Int32 { forcedTokens.map { $0[index] } ?? sampled }
 }

@@ -33,19 +33,36 @@ public enum SpeedBenchmark {
         public var startResidentBytes: Int = 0
         public var runPeakResidentBytes: Int = 0
         public var peakReset = false
+        /// What fed the model: `lockstep` (this benchmark's own loop) or `scheduler` (the serving
+        /// path's `BatchScheduler`, sampling included).
+        public var driver: Driver = .lockstep
+    }
+
+    /// The loop a benchmark runs the model with.
+    public enum Driver: String, Codable, Sendable, CaseIterable {
+        /// The benchmark's own loop: every sequence one forward pass per step, nothing sampled.
+        case lockstep
+        /// The requests go through a `BatchScheduler`, as the server's do: the same batches, plus
+        /// the scheduler's admission, sampling and streaming of every token.
+        case scheduler
     }
 
     /// `text`: real tokens to feed instead of random ones (sequence s, round r starts at a
     /// different offset), so that expert routing is the model's routing of real text.
     public static func run(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int = 1,
-                           text: [Int32]? = nil) throws -> Result {
-        try onComputeThread { try measure(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
-                                          repetitions: repetitions, requests: requests, text: text) }
+                           text: [Int32]? = nil, driver: Driver = .lockstep) throws -> Result {
+        switch driver {
+        case .lockstep:
+            return try onComputeThread { try measure(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
+                                                     repetitions: repetitions, requests: requests, text: text) }
+        case .scheduler:
+            return try measureScheduled(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens,
+                                        repetitions: repetitions, requests: requests, text: text)
+        }
     }
 
-    static func measure(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int,
-                        text: [Int32]? = nil) throws -> Result {
-        let model = engine.model
+    /// The checks both drivers make; returns the span of text tokens one sequence's round uses.
+    static func check(engine: Engine, promptTokens: Int, generateTokens: Int, requests: Int, text: [Int32]?) throws -> Int {
         guard promptTokens + generateTokens <= engine.contextLength else {
             throw GenerationError.promptTooLong(tokens: promptTokens + generateTokens, context: engine.contextLength)
         }
@@ -54,10 +71,22 @@ public enum SpeedBenchmark {
         if let text, text.count < span + 1 {
             throw GenerationError.invalidParameter("the benchmark text has \(text.count) tokens, fewer than \(span + 1)")
         }
-        /// The real token at `i` of sequence `s` in round `round`.
+        return span
+    }
+
+    /// The real token at `i` of sequence `s` in round `round`: each (round, sequence) reads its own
+    /// window of `span` tokens.
+    static func textToken(_ text: [Int32], span: Int, requests: Int, round: Int, sequence s: Int, _ i: Int) -> Int32 {
+        let windows = max(1, (text.count - 1) / span)
+        return text[((round * requests + s) % windows) * span + i]
+    }
+
+    static func measure(engine: Engine, promptTokens: Int, generateTokens: Int, repetitions: Int, requests: Int,
+                        text: [Int32]? = nil) throws -> Result {
+        let model = engine.model
+        let span = try check(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens, requests: requests, text: text)
         func textToken(_ text: [Int32], round: Int, sequence s: Int, _ i: Int) -> Int32 {
-            let windows = max(1, (text.count - 1) / span)
-            return text[((round * requests + s) % windows) * span + i]
+            Self.textToken(text, span: span, requests: requests, round: round, sequence: s, i)
         }
         var generator = SeededGenerator(seed: 42)
         let vocab = model.info.vocabularySize
@@ -66,9 +95,7 @@ public enum SpeedBenchmark {
         var logits = [Float](repeating: 0, count: vocab * requests)
         var pp: [Double] = [], tg: [Double] = []
         let streamed = model.experts as? StreamingExperts
-        let startResident = ProcessMemory.residentBytes
-        let loadPeak = ProcessMemory.peakResidentBytes
-        let reset = ProcessMemory.resetPeak()
+        let memory = MemoryWatch()
         // One warm-up round, then the measured ones.
         for round in 0...max(1, repetitions) {
             if round == 1 { streamed?.resetStats() }
@@ -101,6 +128,22 @@ public enum SpeedBenchmark {
                 if round > 0 { tg.append(Double(generateTokens * requests) / seconds(since: start)) }
             }
         }
+        return result(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens, requests: requests,
+                      pp: pp, tg: tg, memory: memory, kvCacheBytes: caches.reduce(0) { $0 + $1.byteCount }, driver: .lockstep)
+    }
+
+    /// Resident memory when a measurement began, and the peak reset where the OS allows.
+    struct MemoryWatch {
+        let startResident = ProcessMemory.residentBytes
+        let loadPeak = ProcessMemory.peakResidentBytes
+        let reset = ProcessMemory.resetPeak()
+    }
+
+    /// The result of measured rounds: means and deviations, memory, expert statistics and the
+    /// bandwidth probe (last, so its buffers do not count as the run's memory).
+    static func result(engine: Engine, promptTokens: Int, generateTokens: Int, requests: Int, pp: [Double], tg: [Double],
+                       memory: MemoryWatch, kvCacheBytes: Int, driver: Driver) -> Result {
+        let model = engine.model
         func meanStd(_ v: [Double]) -> (Double, Double) {
             guard !v.isEmpty else { return (0, 0) }
             let m = v.reduce(0, +) / Double(v.count)
@@ -108,18 +151,17 @@ public enum SpeedBenchmark {
         }
         let (ppMean, ppStd) = meanStd(pp), (tgMean, tgStd) = meanStd(tg)
         let perToken = model.decodeBytesPerToken
-        // Before the bandwidth probe, whose buffers would count as the run's memory.
         let runPeak = ProcessMemory.peakResidentBytes
-        let expertStats = streamed?.stats
+        let expertStats = (model.experts as? StreamingExperts)?.stats
         let bandwidth = MemoryBandwidth.measureRead(pool: model.pool)
         return Result(promptTokens: promptTokens, generateTokens: generateTokens, promptTokensPerSecond: ppMean,
                       promptStdDev: ppStd, generationTokensPerSecond: tgMean, generationStdDev: tgStd,
                       threads: model.pool.threadCount, weightBytes: model.weightBytes, weightBytesPerToken: perToken,
                       generationGBPerSecond: Double(perToken) * tgMean / 1e9, readBandwidth: bandwidth,
                       bandwidthFraction: Double(perToken) * tgMean / bandwidth,
-                      peakResidentBytes: max(loadPeak, runPeak), requests: requests, experts: expertStats,
-                      kvCacheBytes: caches.reduce(0) { $0 + $1.byteCount }, startResidentBytes: startResident,
-                      runPeakResidentBytes: runPeak, peakReset: reset)
+                      peakResidentBytes: max(memory.loadPeak, runPeak), requests: requests, experts: expertStats,
+                      kvCacheBytes: kvCacheBytes, startResidentBytes: memory.startResident,
+                      runPeakResidentBytes: runPeak, peakReset: memory.reset, driver: driver)
     }
 }
 
