@@ -327,11 +327,7 @@ private final class Slot {
     var pending: Int32 = 0
     var done = false
     private var end: GenerationEvent?
-    private var sampler: Sampler
-    private var history: [Int32]
-    private var filter: StopStringFilter
-    private var decoder: StreamingDecoder
-    private let eot: Set<Int32>
+    private var decoding: SequenceDecoding
     private var stats: GenerationStats
     private var admitted = DispatchTime.now()
     private var firstToken: DispatchTime?
@@ -345,11 +341,7 @@ private final class Slot {
         self.kvBytes = kvBytes
         self.flag = flag
         self.continuation = continuation
-        sampler = Sampler(parameters.sampling)
-        history = prompt
-        filter = StopStringFilter(stops: parameters.stopStrings)
-        decoder = StreamingDecoder(tokenizer: tokenizer)
-        eot = parameters.ignoreEndOfSequence ? [] : tokenizer.eotIDs
+        decoding = SequenceDecoding(prompt: prompt, parameters: parameters, tokenizer: tokenizer)
         stats = GenerationStats(promptTokens: prompt.count, generatedTokens: 0, promptSeconds: 0, generationSeconds: 0,
                                 finishReason: .length)
     }
@@ -366,27 +358,19 @@ private final class Slot {
             firstToken = DispatchTime.now()
             stats.promptSeconds = seconds(since: admitted)
         }
-        let next = parameters.next(sampled: sampler.sample(logits, vocabularySize: vocabularySize, history: history),
-                                   index: stats.generatedTokens)
-        stats.generatedTokens += 1
-        if eot.contains(next) { return finish(.endOfSequence) }
-        history.append(next)
-        let (emit, stopped) = filter.push(decoder.append(next))
-        if !emit.isEmpty { continuation.yield(.text(emit, tokens: [next])) }
-        if stopped { return finish(.stopString) }
-        if stats.generatedTokens >= parameters.maxTokens { return finish(.length) }
-        if cache!.count >= min(capacity, context) { return finish(.contextFull) }
-        pending = next
+        let a = decoding.accept(logits: logits, vocabularySize: vocabularySize, cached: cache!.count, room: min(capacity, context))
+        stats.generatedTokens = decoding.generated
+        if !a.text.isEmpty { continuation.yield(.text(a.text, tokens: [a.token])) }
+        if let reason = a.end { return finish(reason) }
+        pending = a.token
     }
 
     func finish(_ reason: FinishReason) {
         guard !done else { return }
         done = true
         stats.finishReason = reason
-        if reason != .stopString {
-            let rest = filter.finish(decoder.flush())
-            if !rest.isEmpty && reason != .cancelled { continuation.yield(.text(rest, tokens: [])) }
-        }
+        let rest = decoding.remainder(endingWith: reason)
+        if !rest.isEmpty { continuation.yield(.text(rest, tokens: [])) }
         if let firstToken { stats.generationSeconds = seconds(since: firstToken) }
         end = .finished(stats)
     }

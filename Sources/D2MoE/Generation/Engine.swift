@@ -75,13 +75,9 @@ public final class Engine: @unchecked Sendable {
         let vocab = model.info.vocabularySize
         let cache = model.makeCache(capacity: contextLength)
         var logits = [Float](repeating: 0, count: vocab)
-        var sampler = Sampler(parameters.sampling)
-        var history = prompt
+        var decoding = SequenceDecoding(prompt: prompt, parameters: parameters, tokenizer: tokenizer)
         var stats = GenerationStats(promptTokens: prompt.count, generatedTokens: 0, promptSeconds: 0,
                                     generationSeconds: 0, finishReason: .length)
-        var text = StopStringFilter(stops: parameters.stopStrings)
-        var decoder = StreamingDecoder(tokenizer: tokenizer)
-        let eot = parameters.ignoreEndOfSequence ? [] : tokenizer.eotIDs
         do {
             let start = DispatchTime.now()
             var position = 0
@@ -95,25 +91,19 @@ public final class Engine: @unchecked Sendable {
             }
             stats.promptSeconds = seconds(since: start)
             let decodeStart = DispatchTime.now()
-            loop: while true {
+            while true {
                 if cancelled.isSet { stats.finishReason = .cancelled; break }
-                let sampled = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, vocabularySize: vocab, history: history) }
-                let next = parameters.next(sampled: sampled, index: stats.generatedTokens)
-                stats.generatedTokens += 1
-                if eot.contains(next) { stats.finishReason = .endOfSequence; break }
-                history.append(next)
-                let (emit, stopped) = text.push(decoder.append(next))
-                if !emit.isEmpty { continuation.yield(.text(emit, tokens: [next])) }
-                if stopped { stats.finishReason = .stopString; break loop }
-                if stats.generatedTokens >= parameters.maxTokens { stats.finishReason = .length; break }
-                if cache.count >= contextLength { stats.finishReason = .contextFull; break }
-                let step = [BatchToken(sequence: 0, position: cache.count, token: next, wantsLogits: true)]
+                let a = logits.withUnsafeBufferPointer {
+                    decoding.accept(logits: $0.baseAddress!, vocabularySize: vocab, cached: cache.count, room: contextLength)
+                }
+                stats.generatedTokens = decoding.generated
+                if !a.text.isEmpty { continuation.yield(.text(a.text, tokens: [a.token])) }
+                if let reason = a.end { stats.finishReason = reason; break }
+                let step = [BatchToken(sequence: 0, position: cache.count, token: a.token, wantsLogits: true)]
                 try logits.withUnsafeMutableBufferPointer { try model.forward(step, caches: [cache], logits: $0.baseAddress!) }
             }
-            if stats.finishReason != .stopString {
-                let rest = text.finish(decoder.flush())
-                if !rest.isEmpty { continuation.yield(.text(rest, tokens: [])) }
-            }
+            let rest = decoding.remainder(endingWith: stats.finishReason)
+            if !rest.isEmpty { continuation.yield(.text(rest, tokens: [])) }
             stats.generationSeconds = seconds(since: decodeStart)
             continuation.yield(.finished(stats))
         } catch {
