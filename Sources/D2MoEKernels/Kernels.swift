@@ -72,6 +72,23 @@ public enum Kernels {
         }
     }
 
+    /// One attention head for one query over n ≥ 1 cached positions: out[0..<headDim] = Σ_j p_j · v_j
+    /// with p = softmax(scale · q·k_j), k_j = keys + j·stride and v_j = values + j·stride.
+    /// scores: n floats of scratch. On AVX2 one C pass (four keys per horizontal sum, a vector exp,
+    /// the output held in registers across the values) when headDim is a multiple of 8.
+    public static func attend(query: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                              stride: Int, n: Int, headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                              out: UnsafeMutablePointer<Float>, path: KernelPath = .best) {
+        if path == .avx2 && headDim % 8 == 0 {
+            d2moe_attend_avx2(query, keys, values, stride, n, headDim, scale, scores, out)
+            return
+        }
+        for j in 0..<n { scores[j] = dot(query, keys + j * stride, n: headDim) * scale }
+        softmax(scores, n: n)
+        out.initialize(repeating: 0, count: headDim)
+        for j in 0..<n { axpy(scores[j], values + j * stride, out, n: headDim) }
+    }
+
     /// In-place softmax of n values.
     public static func softmax(_ x: UnsafeMutablePointer<Float>, n: Int) {
         var m = -Float.infinity

@@ -25,6 +25,26 @@ public enum Reference {
         }
     }
 
+    /// One attention head for one query over n cached positions, in double: out[0..<d] =
+    /// Σ_j p_j · v_j with p = softmax(scale · q·k_j), k_j = keys + j·stride, v_j = values + j·stride.
+    public static func attend(query q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                              stride: Int, n: Int, headDim d: Int, scale: Float, out: UnsafeMutablePointer<Float>) {
+        var s = [Double](repeating: 0, count: n)
+        for j in 0..<n {
+            var dot = 0.0
+            for i in 0..<d { dot += Double(q[i]) * Double(keys[j * stride + i]) }
+            s[j] = dot * Double(scale)
+        }
+        let m = s.max()!
+        var sum = 0.0
+        for j in 0..<n { s[j] = Foundation.exp(s[j] - m); sum += s[j] }
+        for i in 0..<d {
+            var acc = 0.0
+            for j in 0..<n { acc += s[j] * Double(values[j * stride + i]) }
+            out[i] = Float(acc / sum)
+        }
+    }
+
     /// In-place softmax of n values.
     public static func softmax(_ x: UnsafeMutablePointer<Float>, n: Int) {
         var m = -Float.infinity

@@ -10,6 +10,36 @@ import D2MoEKernels
 
     mutating func randoms(_ n: Int) -> [Float] { (0..<n).map { _ in Float(generator.uniform() * 2 - 1) } }
 
+    /// One attention head over a strided cache (GQA rows of several heads), every path, against a
+    /// double-precision reference; lengths cover the four-key blocks' remainders and the vector exp's
+    /// tail, head sizes a partial 64-wide output block, and large scores the exp's clamp.
+    @Test(arguments: KernelPath.allCases)
+    mutating func attentionMatchesTheReference(path: KernelPath) throws {
+        guard Self.paths.contains(path) else { return }
+        for d in [8, 64, 72, 128, 256] {
+            let stride = 3 * d
+            for n in [1, 2, 3, 4, 5, 7, 8, 9, 15, 33, 300] {
+                for spread: Float in [1, 40] {
+                    let q = randoms(d).map { $0 * spread }, keys = randoms(n * stride), values = randoms(n * stride)
+                    let scale = 1 / Float(d).squareRoot()
+                    var scores = [Float](repeating: .nan, count: n)
+                    var fast = [Float](repeating: .nan, count: d), reference = fast
+                    // The second head of the row, as a GQA cache lays them out.
+                    keys.withUnsafeBufferPointer { k in
+                        values.withUnsafeBufferPointer { v in
+                            Kernels.attend(query: q, keys: k.baseAddress! + d, values: v.baseAddress! + d, stride: stride, n: n,
+                                           headDim: d, scale: scale, scores: &scores, out: &fast, path: path)
+                            Reference.attend(query: q, keys: k.baseAddress! + d, values: v.baseAddress! + d, stride: stride, n: n,
+                                             headDim: d, scale: scale, out: &reference)
+                        }
+                    }
+                    // Outputs are convex combinations of values in [-1, 1]: an absolute bound.
+                    #expect(maxError(fast, reference) < 2e-5, "path \(path), d \(d), n \(n), spread \(spread)")
+                }
+            }
+        }
+    }
+
     @Test(arguments: KernelPath.allCases, ElementType.allCases)
     mutating func matmulMatchesTheReference(path: KernelPath, type: ElementType) throws {
         guard Self.paths.contains(path) else { return }

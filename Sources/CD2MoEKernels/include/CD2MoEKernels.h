@@ -16,6 +16,13 @@ enum {
 /// Returns the D2MOE_CPU_* bits of this processor.
 uint32_t d2moe_cpu_features(void);
 
+/// One attention head for one query: out[0..d) = sum_j p_j * v_j with p = softmax(scale * q.k_j)
+/// over n >= 1 positions, k_j = keys + j*stride and v_j = values + j*stride (d floats each,
+/// d % 8 == 0). scores: n floats of scratch (left holding unnormalised exponentials).
+/// Uses AVX2+FMA; call only when d2moe_cpu_features() reports them.
+void d2moe_attend_avx2(const float *q, const float *keys, const float *values, long stride, long n, long d,
+                       float scale, float *scores, float *out);
+
 #endif
 
 /// Element types of dense matrices, as D2MoEKernels' ElementType.

@@ -94,13 +94,19 @@ struct Attention {
                 let query = qs + t * qWidth + h * headDim
                 let keyBase = cache.keys(layer: layer) + (h / group) * headDim
                 let valueBase = cache.values(layer: layer) + (h / group) * headDim
+                let dst = attended + t * qWidth + h * headDim
+                if softcap == nil {
+                    Kernels.attend(query: query, keys: keyBase + first * kvWidth, values: valueBase + first * kvWidth,
+                                   stride: kvWidth, n: n, headDim: headDim, scale: scale, scores: row, out: dst)
+                    item += 1
+                    continue
+                }
                 for j in 0..<n {
                     var s = Kernels.dot(query, keyBase + (first + j) * kvWidth, n: headDim) * scale
                     if let softcap { s = softcap * Foundation.tanh(s / softcap) }
                     row[j] = s
                 }
                 Kernels.softmax(row, n: n)
-                let dst = attended + t * qWidth + h * headDim
                 dst.initialize(repeating: 0, count: headDim)
                 for j in 0..<n { Kernels.axpy(row[j], valueBase + (first + j) * kvWidth, dst, n: headDim) }
                 item += 1
