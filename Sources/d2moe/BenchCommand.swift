@@ -24,7 +24,7 @@ struct ModelBench: AsyncParsableCommand {
     @Option(name: [.customShort("r"), .long], help: "Repetitions; the mean and standard deviation are reported.")
     var repetitions: Int = 3
 
-    @Option(name: .long, help: "Sequences run in lockstep, or a comma-separated sweep (1,8,32): pp and tg tokens/s count all of them.")
+    @Option(name: .long, help: "Sequences run together (submitted as one group to the scheduler, or in lockstep with --driver lockstep), or a comma-separated sweep (1,8,32): pp and tg tokens/s count all of them.")
     var requests: String = "1"
 
     @Option(name: .long, help: "A comma-separated sweep of --memory-budget values (25%,50%); the model is loaded once per budget.")
