@@ -121,19 +121,18 @@ public final class BatchScheduler: @unchecked Sendable {
         let waiting = queue.count + running.count - limits.maxBatch
         guard waiting + prepared.count <= limits.maxQueue else { throw SchedulerError.queueFull(waiting: max(0, waiting)) }
         var handles: [ScheduledRequest] = []
-        for (slot, flag, stream, tokens) in prepared {
-            let id = nextID
+        for (slot, events) in prepared {
+            slot.id = nextID
             nextID += 1
-            queue.append(slot(id))
-            handles.append(ScheduledRequest(id: id, promptTokens: tokens, events: stream, flag: flag))
+            queue.append(slot)
+            handles.append(ScheduledRequest(id: slot.id, promptTokens: slot.prompt.count, events: events, flag: slot.flag))
         }
         condition.signal()
         return handles
     }
 
-    /// Checks one request and makes what its slot needs; the slot is built once its id is known.
-    private func prepare(tokens: [Int32], parameters: GenerationParameters) throws
-        -> (slot: (Int) -> Slot, flag: CancellationFlag, events: AsyncStream<GenerationEvent>, promptTokens: Int) {
+    /// Checks one request and makes its slot (numbered when queued) and event stream.
+    private func prepare(tokens: [Int32], parameters: GenerationParameters) throws -> (Slot, AsyncStream<GenerationEvent>) {
         try parameters.validate(vocabularySize: engine.model.info.vocabularySize)
         guard !tokens.isEmpty else { throw GenerationError.emptyPrompt }
         let context = engine.contextLength
@@ -147,12 +146,9 @@ public final class BatchScheduler: @unchecked Sendable {
         let flag = CancellationFlag()
         let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream(bufferingPolicy: .unbounded)
         continuation.onTermination = { _ in flag.set() }
-        let tokenizer = engine.tokenizer
-        let slot = { (id: Int) in
-            Slot(id: id, prompt: tokens, parameters: parameters, capacity: capacity, kvBytes: kvBytes,
-                 flag: flag, continuation: continuation, tokenizer: tokenizer)
-        }
-        return (slot, flag, stream, tokens.count)
+        let slot = Slot(prompt: tokens, parameters: parameters, capacity: capacity, kvBytes: kvBytes, flag: flag,
+                        continuation: continuation, tokenizer: engine.tokenizer)
+        return (slot, stream)
     }
 
     public var snapshot: SchedulerSnapshot {
@@ -312,7 +308,8 @@ public final class BatchScheduler: @unchecked Sendable {
 
 /// One request from submission to its end; touched only by the scheduler thread once queued.
 private final class Slot {
-    let id: Int
+    /// Set when queued, under the scheduler's lock.
+    var id = -1
     let prompt: [Int32]
     let parameters: GenerationParameters
     let capacity: Int
@@ -332,9 +329,8 @@ private final class Slot {
     private var admitted = DispatchTime.now()
     private var firstToken: DispatchTime?
 
-    init(id: Int, prompt: [Int32], parameters: GenerationParameters, capacity: Int, kvBytes: Int, flag: CancellationFlag,
+    init(prompt: [Int32], parameters: GenerationParameters, capacity: Int, kvBytes: Int, flag: CancellationFlag,
          continuation: AsyncStream<GenerationEvent>.Continuation, tokenizer: any Tokenizer) {
-        self.id = id
         self.prompt = prompt
         self.parameters = parameters
         self.capacity = capacity

@@ -22,7 +22,7 @@ extension SpeedBenchmark {
         limits.maxQueue = requests
         limits.prefillChunk = max(1, promptTokens) * requests
         let scheduler = BatchScheduler(engine: engine, limits: limits)
-        let steps = StepLog()
+        let steps = LockedList<SchedulerStep>()
         scheduler.onStep = { steps.append($0) }
         defer { scheduler.shutdown(cancelRunning: true) }
         var generator = SeededGenerator(seed: 42)
@@ -57,7 +57,7 @@ extension SpeedBenchmark {
     }
 
     /// Submits one round's requests together and waits for all of them; returns its steps.
-    private static func runRound(_ scheduler: BatchScheduler, _ steps: StepLog, prompts: [[Int32]], forced: [[Int32]]?) throws -> [SchedulerStep] {
+    private static func runRound(_ scheduler: BatchScheduler, _ steps: LockedList<SchedulerStep>, prompts: [[Int32]], forced: [[Int32]]?) throws -> [SchedulerStep] {
         steps.clear()
         var parameters = GenerationParameters()
         parameters.sampling = .greedy
@@ -70,18 +70,18 @@ extension SpeedBenchmark {
             p.forcedTokens = forced?[s]
             return (prompt, p)
         })
-        let failures = FailureBox()
+        let failures = LockedList<String>()
         let done = DispatchSemaphore(value: 0)
         for h in handles {
             Task.detached {
                 for await event in h.events {
-                    if case .failed(let message) = event { failures.add(message) }
+                    if case .failed(let message) = event { failures.append(message) }
                 }
                 done.signal()
             }
         }
         for _ in handles { done.wait() }
-        if let message = failures.first { throw GenerationError.invalidParameter("a benchmark request failed: \(message)") }
+        if let message = failures.all.first { throw GenerationError.invalidParameter("a benchmark request failed: \(message)") }
         return steps.all
     }
 }
@@ -96,18 +96,12 @@ extension Array where Element == SchedulerStep {
     }
 }
 
-/// The scheduler's steps, appended on its thread and read by the benchmark.
-private final class StepLog: @unchecked Sendable {
+/// Items appended from any thread (the scheduler's steps, the requests' failures) and read by the
+/// benchmark.
+private final class LockedList<Element>: @unchecked Sendable {
     private let lock = NSLock()
-    private var steps: [SchedulerStep] = []
-    func append(_ s: SchedulerStep) { lock.withLock { steps.append(s) } }
-    func clear() { lock.withLock { steps.removeAll(keepingCapacity: true) } }
-    var all: [SchedulerStep] { lock.withLock { steps } }
-}
-
-private final class FailureBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var messages: [String] = []
-    func add(_ m: String) { lock.withLock { messages.append(m) } }
-    var first: String? { lock.withLock { messages.first } }
+    private var items: [Element] = []
+    func append(_ e: Element) { lock.withLock { items.append(e) } }
+    func clear() { lock.withLock { items.removeAll(keepingCapacity: true) } }
+    var all: [Element] { lock.withLock { items } }
 }
