@@ -50,6 +50,9 @@ struct TrainRouter: ParsableCommand {
     @Flag(name: .long, help: "Weight each layer's errors by its effect on the output: the KL divergence of the model's next-token distribution with that layer alone at the lowest level (one calibration window), per unit of its NMSE.")
     var sensitivity = false
 
+    @Option(name: .long, help: "The cost per row and level: nmse (the expert's relative output error against the highest level) or kl (the model's output KL divergence at the row's position with that layer alone at that level, measured: a pass per layer and lower level per window).")
+    var objective: String = "nmse"
+
     @Flag(name: .long, help: "Print the summary as one JSON object.")
     var json = false
 
@@ -64,6 +67,8 @@ struct TrainRouter: ParsableCommand {
             guard ["layer", "global"].contains(errorScale) else { throw ValidationError("--error-scale must be layer or global, got '\(errorScale)'") }
             o.globalErrorScale = errorScale == "global"
             o.sensitivity = sensitivity
+            guard let obj = RouterObjective(rawValue: objective) else { throw ValidationError("--objective must be nmse or kl, got '\(objective)'") }
+            o.objective = obj
             if capacity != "none" {
                 let c = capacity.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
                 guard c.allSatisfy({ $0 != nil }) else { throw ValidationError("--capacity must be numbers separated by commas, got '\(capacity)'") }

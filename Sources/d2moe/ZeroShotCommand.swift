@@ -40,14 +40,18 @@ struct ZeroShotCommand: AsyncParsableCommand {
                 }
             }
             if let samples { try writeSamples(result.scores, to: samples) }
+            let bits = bitWidthStats(engine)
             if json {
                 printJSON(ZeroShotReport(task: result.task, accuracy: result.accuracy, accuracy_norm: result.accuracyNorm,
                                          accuracy_stderr: result.accuracyStderr, accuracy_norm_stderr: result.accuracyNormStderr,
                                          n: result.documents, requests: result.requests, tokens: result.tokens,
-                                         seconds: result.seconds, model: modelOptions.model))
+                                         seconds: result.seconds, model: modelOptions.model,
+                                         bit_policy: bits?.policy ?? (modelOptions.bits != nil ? "uniform" : nil),
+                                         average_bits: bits?.averageBits ?? modelOptions.bits.map(Double.init)))
             } else {
                 print(String(format: "%@: acc %.4f ± %.4f, acc_norm %.4f (n=%d, %.1f s)", result.task, result.accuracy,
                              result.accuracyStderr, result.accuracyNorm, result.documents, result.seconds))
+                if let bits { print(bits.summary(perLayer: false)) }
             }
         } catch let error as ValidationError {
             fail(error.message)
@@ -81,4 +85,7 @@ struct ZeroShotReport: Encodable {
     var tokens: Int
     var seconds: Double
     var model: String
+    /// The bit-width policy and the average bits per expert-token it gave (for `--bits N`: N).
+    var bit_policy: String?
+    var average_bits: Double?
 }

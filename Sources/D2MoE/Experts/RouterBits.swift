@@ -38,14 +38,15 @@ public struct BitRouterTable: Sendable {
         }
     }
 
-    /// The 0-based level argmax_k (z_k + bias·(k − (K−1)/2)); ties go to the lower level. The
-    /// shift is linear in k, so the chosen level never falls as the bias grows (the knob is
-    /// monotone, which `solveBias` relies on).
-    static func choose(_ z: UnsafePointer<Float>, levels: Int, bias: Float) -> Int {
+    /// The 0-based level argmax_k (z_k + bias·(k − (K−1)/2)) over the levels in `range`; ties go
+    /// to the lower level. The shift is linear in k, so the chosen level never falls as the bias
+    /// grows (the knob is monotone, which `solveBias` relies on).
+    static func choose(_ z: UnsafePointer<Float>, levels: Int, bias: Float, range: ClosedRange<Int>? = nil) -> Int {
         let mid = Float(levels - 1) / 2
-        var best = 0
+        let range = range ?? 0...(levels - 1)
+        var best = range.lowerBound
         var bestValue = -Float.infinity
-        for k in 0..<levels {
+        for k in range {
             let v = z[k] + bias * (Float(k) - mid)
             if v > bestValue { bestValue = v; best = k }
         }
@@ -54,12 +55,12 @@ public struct BitRouterTable: Sendable {
 
     /// Average bits per expert-token over the calibration logits stored with the routers, at
     /// `bias`; nil when none were stored.
-    public func calibrationAverageBits(bits: [Int], bias: Float) -> Double? {
+    public func calibrationAverageBits(bits: [Int], bias: Float, range: ClosedRange<Int>? = nil) -> Double? {
         var sum = 0.0, weight = 0.0
         for r in routers where !r.calibrationLogits.isEmpty {
             r.calibrationLogits.withUnsafeBufferPointer { z in
                 for row in 0..<(r.calibrationLogits.count / levels) {
-                    sum += r.calibrationWeight * Double(bits[Self.choose(z.baseAddress! + row * levels, levels: levels, bias: bias)])
+                    sum += r.calibrationWeight * Double(bits[Self.choose(z.baseAddress! + row * levels, levels: levels, bias: bias, range: range)])
                     weight += r.calibrationWeight
                 }
             }
@@ -67,23 +68,33 @@ public struct BitRouterTable: Sendable {
         return weight > 0 ? sum / weight : nil
     }
 
+    /// The levels whose bits bracket `target`: the highest level at or below it to the lowest at
+    /// or above it (one level when `target` is a level's bits).
+    public static func bracket(bits: [Int], target: Double) -> ClosedRange<Int> {
+        let lo = bits.lastIndex { Double($0) <= target + 1e-9 } ?? 0
+        let hi = bits.firstIndex { Double($0) >= target - 1e-9 } ?? bits.count - 1
+        return min(lo, hi)...max(lo, hi)
+    }
+
     /// The knob's bias whose average bits on the calibration logits come closest to `target`
     /// (`--target-bits`), by bisection: average bits are a non-decreasing step function of it.
-    public func solveBias(bits: [Int], target: Double) throws -> Float {
-        guard let lowest = calibrationAverageBits(bits: bits, bias: -1e6), let highest = calibrationAverageBits(bits: bits, bias: 1e6) else {
+    /// `range` limits the levels chosen from.
+    public func solveBias(bits: [Int], target: Double, range: ClosedRange<Int>? = nil) throws -> Float {
+        let calibrationAverageBits = { (bits: [Int], bias: Float) in self.calibrationAverageBits(bits: bits, bias: bias, range: range) }
+        guard let lowest = calibrationAverageBits(bits, -1e6), let highest = calibrationAverageBits(bits, 1e6) else {
             throw ModelError("the routers carry no calibration logits to solve --target-bits on (train them again)")
         }
         guard target >= lowest - 1e-9, target <= highest + 1e-9 else {
             throw ModelError(String(format: "--target-bits %.3f is outside what the routers reach (%.3f to %.3f)", target, lowest, highest))
         }
         var lo: Float = -1, hi: Float = 1
-        while calibrationAverageBits(bits: bits, bias: lo)! > target, lo > -1e6 { lo *= 2 }
-        while calibrationAverageBits(bits: bits, bias: hi)! < target, hi < 1e6 { hi *= 2 }
+        while calibrationAverageBits(bits, lo)! > target, lo > -1e6 { lo *= 2 }
+        while calibrationAverageBits(bits, hi)! < target, hi < 1e6 { hi *= 2 }
         for _ in 0..<60 {
             let mid = (lo + hi) / 2
-            if calibrationAverageBits(bits: bits, bias: mid)! < target { lo = mid } else { hi = mid }
+            if calibrationAverageBits(bits, mid)! < target { lo = mid } else { hi = mid }
         }
-        let a = calibrationAverageBits(bits: bits, bias: lo)!, b = calibrationAverageBits(bits: bits, bias: hi)!
+        let a = calibrationAverageBits(bits, lo)!, b = calibrationAverageBits(bits, hi)!
         return abs(a - target) < abs(b - target) ? lo : hi
     }
 }
@@ -94,11 +105,14 @@ public struct BitRouterTable: Sendable {
 public struct RouterBits: BitWidthPolicy {
     public let table: BitRouterTable
     public let bias: Float
+    /// 0-based levels the argmax is taken over (nil: all).
+    public let range: ClosedRange<Int>?
     public var name: String { "router" }
 
-    public init(table: BitRouterTable, bias: Float = 0) {
+    public init(table: BitRouterTable, bias: Float = 0, range: ClosedRange<Int>? = nil) {
         self.table = table
         self.bias = bias
+        self.range = range
     }
 
     public func levels(layer: Int, input: UnsafePointer<Float>, hidden: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int,
@@ -109,7 +123,7 @@ public struct RouterBits: BitWidthPolicy {
         for t in 0..<routes.tokens {
             for j in 0..<k {
                 table.logits(layer: layer, expert: Int(routes.experts[t * k + j]), x: input + t * hidden, into: &z)
-                let level = z.withUnsafeBufferPointer { BitRouterTable.choose($0.baseAddress!, levels: table.levels, bias: bias) }
+                let level = z.withUnsafeBufferPointer { BitRouterTable.choose($0.baseAddress!, levels: table.levels, bias: bias, range: range) }
                 levels[t * k + j] = min(level + 1, levelCount)
             }
         }
@@ -195,7 +209,9 @@ extension RouterBits {
         guard let set else { throw ModelError("\(file.path): --bit-policy router needs trained routers in the file (d2moe train-router)") }
         let table = try BitRouterTable(set: set, decoderLayers: decoderLayers, experts: experts, origin: file.path)
         if let target = options.targetBits {
-            return RouterBits(table: table, bias: try table.solveBias(bits: file.header.quantization.bits, target: target))
+            let bits = file.header.quantization.bits
+            let range = options.adjacentRouterLevels ? BitRouterTable.bracket(bits: bits, target: target) : nil
+            return RouterBits(table: table, bias: try table.solveBias(bits: bits, target: target, range: range), range: range)
         }
         return RouterBits(table: table, bias: Float(options.bitsBias))
     }

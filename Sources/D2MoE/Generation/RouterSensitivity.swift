@@ -1,13 +1,15 @@
 import Foundation
 import D2MoEKernels
 
-/// Puts one policy layer at the lowest level and every other at the highest (sensitivity runs).
+/// Puts one policy layer at `level` (1 = the lowest) and every other at the highest
+/// (sensitivity and `--objective kl` runs).
 final class OneLayerLow: BitWidthPolicy, @unchecked Sendable {
     var layer = -1
+    var level = 1
     var name: String { "one-layer-low" }
     func levels(layer: Int, input: UnsafePointer<Float>, hidden: Int, routes: ExpertRoutes, nExperts: Int, levelCount: Int,
                 into levels: inout [Int]) {
-        for i in levels.indices { levels[i] = layer == self.layer ? 1 : levelCount }
+        for i in levels.indices { levels[i] = layer == self.layer ? level : levelCount }
     }
 }
 

@@ -29,6 +29,8 @@ public struct RouterTrainingOptions: Sendable {
     public var globalErrorScale = false
     /// Weight each layer's errors by its measured effect on the output (`--sensitivity`).
     public var sensitivity = false
+    /// The per-row cost the routers minimise (`--objective`).
+    public var objective = RouterObjective.nmse
     public init() {}
 }
 
@@ -46,13 +48,18 @@ public struct RouterSamples: Sendable {
     /// [rows]: ‖E_K(x)‖² / mean‖E_K(x)‖², what is lost if the expert's output is dropped for the
     /// row (the cost of a row over capacity).
     public var energy: [Float] = []
+    /// [rows]: each row's token index in the calibration stream, or −1 where it is not known
+    /// (rows routed to one expert of a sparse block); `--objective kl` matches rows to tokens.
+    public var positions: [Int32] = []
     /// Rows the router saw during collection (kept or not).
     public var seen = 0
     public var rows: Int { errors.count / max(levels, 1) }
 
-    public init(layer: Int, expert: Int, hidden: Int, levels: Int, inputs: [Float] = [], errors: [Float] = [], energy: [Float] = [], seen: Int = 0) {
+    public init(layer: Int, expert: Int, hidden: Int, levels: Int, inputs: [Float] = [], errors: [Float] = [], energy: [Float] = [],
+                positions: [Int32]? = nil, seen: Int = 0) {
         self.layer = layer; self.expert = expert; self.hidden = hidden; self.levels = levels
         self.inputs = inputs; self.errors = errors; self.energy = energy; self.seen = seen
+        self.positions = positions ?? Array(repeating: -1, count: energy.count)
     }
 }
 
@@ -91,6 +98,7 @@ public enum RouterTraining {
         let start = Date()
         for w in 0..<windows {
             cache.clear()
+            observer.windowStart = w * window
             let batch = (0..<window).map { BatchToken(sequence: 0, position: $0, token: tokens[w * window + $0], wantsLogits: $0 == window - 1) }
             try logits.withUnsafeMutableBufferPointer { try model.forward(batch, caches: [cache], logits: $0.baseAddress!) }
             if let e = observer.failure { throw e }
@@ -123,6 +131,7 @@ public enum RouterTraining {
         var energy: [Int: Double] = [:]
         var versions: [Int: [FeedForward]] = [:]
         var failure: Error?
+        var windowStart = 0
 
         static func key(_ layer: Int, _ expert: Int) -> Int { layer * 1_000_000 + expert }
 
@@ -132,15 +141,16 @@ public enum RouterTraining {
         }
 
         func observe(layer: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>, tokens: Int, hidden: Int, intermediate: Int) {
-            add(layer: layer, expert: 0, input: input, tokens: tokens, hidden: hidden)
+            add(layer: layer, expert: 0, input: input, tokens: tokens, hidden: hidden, inOrder: true)
         }
 
         func observeExpert(layer: Int, expert: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>,
                            tokens: Int, hidden: Int, intermediate: Int) {
-            add(layer: layer, expert: expert, input: input, tokens: tokens, hidden: hidden)
+            add(layer: layer, expert: expert, input: input, tokens: tokens, hidden: hidden, inOrder: false)
         }
 
-        private func add(layer: Int, expert: Int, input: UnsafePointer<Float>, tokens: Int, hidden: Int) {
+        /// `inOrder`: row t is token t of the window (a dense block sees every token).
+        private func add(layer: Int, expert: Int, input: UnsafePointer<Float>, tokens: Int, hidden: Int, inOrder: Bool) {
             let k = Self.key(layer, expert)
             var s = samples[k] ?? RouterSamples(layer: layer, expert: expert, hidden: hidden, levels: levels)
             s.seen += tokens
@@ -177,6 +187,7 @@ public enum RouterTraining {
             }
             energy[k, default: 0] += e
             s.inputs += x
+            s.positions += rows.map { inOrder ? Int32(windowStart + $0) : -1 }
         }
     }
 
@@ -289,8 +300,17 @@ extension RouterTraining {
         guard bits.count >= 2 else { throw ModelError("\(path): one level (\(bits) bits) leaves nothing to choose") }
         let engine = try Engine.load(path: path, options: LoadOptions(contextLength: options.window))
         let ids = engine.tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+        guard !(options.sensitivity && options.objective == .kl) else {
+            throw ModelError("--sensitivity weights the NMSE objective by layer; --objective kl measures each token's effect instead: use one")
+        }
         let start = Date()
         var samples = try collect(model: engine.model, tokens: ids, levels: bits.count, options: options, progress: progress)
+        if options.objective == .kl {
+            let window = min(options.window, ids.count)
+            let windows = min(ids.count / window, max(1, options.tokens / window))
+            let kl = try klCosts(model: engine.model, tokens: ids, window: window, windows: windows, samples: &samples, bits: bits, progress: progress)
+            progress("mean KL per layer at the lowest level: " + kl.keys.sorted().map { String(format: "%d:%.4f", $0, kl[$0]![0]) }.joined(separator: " "))
+        }
         if options.sensitivity {
             let w = try sensitivity(model: engine.model, tokens: ids, window: options.window, samples: samples, bits: bits, progress: progress)
             progress("layer weights: " + w.keys.sorted().map { String(format: "%d:%.2f", $0, w[$0]!) }.joined(separator: " "))
@@ -315,7 +335,9 @@ extension RouterTraining {
         }
         let tokensRun = min(ids.count / options.window, max(1, options.tokens / options.window)) * options.window
         var info: [String: JSONValue] = [
-            "objective": .string("per-layer: sum_k p_k (NMSE_k vs highest level + alpha * bits_k)"),
+            "objective": .string(options.objective == .kl
+                ? "kl: sum_k p_k (KL of the output with this layer alone at level k, at the row's position + alpha * bits_k)"
+                : "per-layer: sum_k p_k (NMSE_k vs highest level + alpha * bits_k)"),
             "corpus": .string(corpus), "tokens": .int(tokensRun), "alpha": .double(options.alpha), "epochs": .int(options.epochs),
             "seed": .int(Int(truncatingIfNeeded: options.seed)), "rows_per_router": .int(options.rowsPerRouter),
             "error_scale": .string(options.globalErrorScale ? "global" : "layer"), "sensitivity": .bool(options.sensitivity),

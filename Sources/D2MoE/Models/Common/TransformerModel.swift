@@ -46,6 +46,11 @@ public final class TransformerModel: @unchecked Sendable {
     public internal(set) var bitRouting: BitRouting?
     /// A dense model's FFNs at every level, when `bitRouting` covers them.
     var mixedDense: MixedLevelDense?
+    /// Router training (`--objective kl`): sees the residual stream entering each decoder layer
+    /// ([tokens, hidden]), and starts a pass at a layer from such a saved stream. Resuming is only
+    /// valid over the same batch whose earlier run left the layers before it in the cache.
+    var captureResidual: ((Int, UnsafePointer<Float>) -> Void)?
+    var resume: (layer: Int, residual: UnsafePointer<Float>)?
 
     let pool: ComputePool
     private let scratch = Scratch()
@@ -122,7 +127,11 @@ public final class TransformerModel: @unchecked Sendable {
             embeddings.row(Int(bt.token), into: x + t * hidden)
             if embeddingScale != 1 { Kernels.scale(x + t * hidden, by: embeddingScale, n: hidden) }
         }
-        for (l, layer) in layers.enumerated() {
+        let first = resume?.layer ?? 0
+        if let resume { x.update(from: resume.residual, count: tokens * hidden) }
+        for l in first..<layers.count {
+            let layer = layers[l]
+            captureResidual?(l, x)
             layer.inputNorm(x, tokens: tokens, xn)
             layer.attention(xn, batch: batch, caches: caches, layer: l, scratch: scratch, pool: pool, y)
             if let norm = layer.postAttentionNorm { norm(y, tokens: tokens, y) }

@@ -45,6 +45,9 @@ public struct LoadOptions: Sendable {
     public var bitsBias = 0.0
     /// `--target-bits`: the bias that gives this average on the routers' calibration logits.
     public var targetBits: Double?
+    /// `--router-levels adjacent`: with `targetBits`, the routers choose only between the two
+    /// levels whose bits bracket it (see `BitRouterTable.bracket`).
+    public var adjacentRouterLevels = false
 
     public init(dtype: ElementType = .f32, contextLength: Int? = nil, expertsPerToken: Int? = nil, bits: Int? = nil) {
         self.dtype = dtype
