@@ -73,13 +73,24 @@ def main():
     out.append('<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="%s"/>' % " ".join(pts))
     for bu, pu in uniform:
         out.append('<circle cx="%.1f" cy="%.1f" r="4" fill="#1f77b4"/><text x="%.1f" y="%.1f">%.1f</text>' % (X(bu), Y(pu), X(bu) + 6, Y(pu) - 6, pu))
+    # Router points in one colour per series: the tag without its last word (the knob setting).
+    colours = ["#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
+    series = []
     for r in routed:
-        out.append('<rect x="%.1f" y="%.1f" width="8" height="8" fill="#d62728"/><text x="%.1f" y="%.1f" fill="#d62728">%.1f</text>'
-                   % (X(r["average_bits"]) - 4, Y(r["perplexity"]) - 4, X(r["average_bits"]) + 6, Y(r["perplexity"]) + 14, r["perplexity"]))
+        name = r["tag"].rsplit(" ", 1)[0] if " " in r.get("tag", "") else "router"
+        if name not in series:
+            series.append(name)
+        c = colours[series.index(name) % len(colours)]
+        out.append('<rect x="%.1f" y="%.1f" width="8" height="8" fill="%s"/><text x="%.1f" y="%.1f" fill="%s">%.1f</text>'
+                   % (X(r["average_bits"]) - 4, Y(r["perplexity"]) - 4, c, X(r["average_bits"]) + 6, Y(r["perplexity"]) + 14, c,
+                      r["perplexity"]))
     out.append('<circle cx="%d" cy="%d" r="4" fill="#1f77b4"/><text x="%d" y="%d">uniform MWQ (line through the levels)</text>'
                % (w - 260, top + 10, w - 250, top + 14))
-    out.append('<rect x="%d" y="%d" width="8" height="8" fill="#d62728"/><text x="%d" y="%d">trained bit-width router</text>'
-               % (w - 264, top + 24, w - 250, top + 32))
+    for i, name in enumerate(series):
+        c = colours[i % len(colours)]
+        label = "trained bit-width router" if name == "router" else "router: " + name
+        out.append('<rect x="%d" y="%d" width="8" height="8" fill="%s"/><text x="%d" y="%d">%s</text>'
+                   % (w - 264, top + 24 + 14 * i, c, w - 250, top + 32 + 14 * i, label))
     out.append("</svg>")
     open(args[1], "w").write("\n".join(out) + "\n")
 

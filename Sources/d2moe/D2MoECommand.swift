@@ -51,8 +51,8 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "With --bit-policy router: the --bits-bias whose average bits per expert-token on the routers' calibration inputs is this (solved by bisection).")
     var targetBits: Double?
 
-    @Option(name: .long, help: "With --target-bits: the levels the routers choose from: all, or adjacent (only the two levels whose bits bracket the target, so no token drops below the lower one).")
-    var routerLevels: String = "all"
+    @Option(name: .long, help: "With --target-bits: the levels the routers choose from: adjacent (the default: only the two levels whose bits bracket the target, so no token drops below the lower one) or all.")
+    var routerLevels: String?
 
     @Option(name: .long, help: "With --bit-policy static or --policy edgemoe: the per-expert bit-widths (JSON written by d2moe calibrate-bits).")
     var expertBits: String?
@@ -103,9 +103,11 @@ struct ModelOptions: ParsableArguments {
         options.dequantizeMWQ = dequantize
         options.bitsBias = bitsBias
         options.targetBits = targetBits
-        guard ["all", "adjacent"].contains(routerLevels) else { throw ValidationError("--router-levels must be all or adjacent, got '\(routerLevels)'") }
-        if routerLevels == "adjacent" && targetBits == nil { throw ValidationError("--router-levels adjacent needs --target-bits") }
-        options.adjacentRouterLevels = routerLevels == "adjacent"
+        if let routerLevels {
+            guard ["all", "adjacent"].contains(routerLevels) else { throw ValidationError("--router-levels must be adjacent or all, got '\(routerLevels)'") }
+            guard targetBits != nil else { throw ValidationError("--router-levels needs --target-bits (--bits-bias shifts all levels)") }
+        }
+        options.adjacentRouterLevels = targetBits != nil && routerLevels != "all"
         if memoryBudget == nil, policy == nil, bitPolicy != "uniform" {
             guard ["gate", "router"].contains(bitPolicy) else {
                 throw ValidationError("--bit-policy \(bitPolicy) without --memory-budget: uniform, gate or router")

@@ -72,26 +72,35 @@ import D2MoEFormats
         #expect(again == (try logits(reference, 1)))
     }
 
-    /// Rows with a position cost their own position's KL at each level; rows without one keep
-    /// their NMSE weighted by the layer's mean KL per unit of mean NMSE; everything is scaled so
-    /// the mean lowest-level cost equals the NMSE's.
+    /// A dense block's row costs its own token's KL at each level; in a sparse block a token's KL
+    /// is shared among its experts' rows by gate-weighted squared error; rows without a token
+    /// keep their NMSE weighted by the layer's mean KL per unit of mean NMSE; everything is
+    /// scaled so the mean lowest-level cost equals the NMSE's.
     @Test func measuredKLReplacesTheRowsCosts() {
         let levels = 3
-        // Layer 0: a dense block, rows at tokens 2 and 0. Layer 1: one expert's rows, no positions.
-        var dense = RouterSamples(layer: 0, expert: 0, hidden: 1, levels: levels, inputs: [0, 0],
+        // Layer 0: a dense block, rows at tokens 2 and 0.
+        let dense = RouterSamples(layer: 0, expert: 0, hidden: 1, levels: levels, inputs: [0, 0],
                                   errors: [0.4, 0.1, 0, 0.2, 0.05, 0], energy: [1, 2], positions: [2, 0])
-        dense.seen = 2
-        let routed = RouterSamples(layer: 1, expert: 3, hidden: 1, levels: levels, inputs: [0],
-                                   errors: [0.6, 0.3, 0], energy: [1])
+        // Layer 1: one expert's row with no known token.
+        let unknown = RouterSamples(layer: 1, expert: 3, hidden: 1, levels: levels, inputs: [0], errors: [0.6, 0.3, 0], energy: [1])
+        // Layer 2: two experts at token 1, gate weights 1 and 2.
+        var a = RouterSamples(layer: 2, expert: 0, hidden: 1, levels: levels, inputs: [0], errors: [0.3, 0.1, 0], energy: [1], positions: [1])
+        var b = RouterSamples(layer: 2, expert: 1, hidden: 1, levels: levels, inputs: [0], errors: [0.1, 0.1, 0], energy: [1], positions: [1])
+        a.gateWeights = [1]; b.gateWeights = [2]
         let kl: [Int: [[Float]]] = [0: [[0.5, 0.7, 0.9, 0.3], [0.1, 0.2, 0.3, 0.1]],
-                                    1: [[0.2, 0.2, 0.2, 0.2], [0.04, 0.04, 0.04, 0.04]]]
-        var samples = [dense, routed]
+                                    1: [[0.2, 0.2, 0.2, 0.2], [0.04, 0.04, 0.04, 0.04]],
+                                    2: [[0, 0.7, 0, 0], [0, 0.2, 0, 0]]]
+        var samples = [dense, unknown, a, b]
         let means = RouterTraining.apply(kl: kl, to: &samples, levels: levels)
         #expect(abs(means[0]![0] - 0.6) < 1e-6 && abs(means[1]![1] - 0.04) < 1e-6)
-        // Before scaling: dense rows [0.9, 0.3, 0] and [0.5, 0.1, 0]; the routed row
-        // [0.6·0.2/0.6, 0.3·0.04/0.3, 0] = [0.2, 0.04, 0]. Mean lowest 1.6/3 against the NMSE's 1.2/3.
-        let s = Float(1.2 / 1.6)
-        let want: [[Float]] = [[0.9, 0.3, 0, 0.5, 0.1, 0].map { $0 * s }, [0.2, 0.04, 0].map { $0 * s }]
+        // Before scaling:
+        // - dense rows [0.9, 0.3, 0] and [0.5, 0.1, 0];
+        // - the unknown row [0.6·0.2/0.6, 0.3·0.04/0.3, 0] = [0.2, 0.04, 0];
+        // - w²·error at token 1: 0.3 and 0.4 at the lowest level, 0.1 and 0.4 at the middle one, so
+        //   [0.7·3/7, 0.2·1/5, 0] = [0.3, 0.04, 0] and [0.7·4/7, 0.2·4/5, 0] = [0.4, 0.16, 0].
+        // The lowest-level costs sum to 2.3 against the NMSE's 1.6.
+        let s = Float(1.6 / 2.3)
+        let want: [[Float]] = [[0.9, 0.3, 0, 0.5, 0.1, 0], [0.2, 0.04, 0], [0.3, 0.04, 0], [0.4, 0.16, 0]].map { $0.map { $0 * s } }
         for (got, w) in zip(samples.map(\.errors), want) {
             #expect(zip(got, w).allSatisfy { abs($0 - $1) < 1e-6 }, "\(got) vs \(w)")
         }
@@ -144,6 +153,17 @@ import D2MoEFormats
         o.epochs = 2
         o.objective = .kl
         let text = String(repeating: "the quick brown fox jumps over the lazy dog. ", count: 20)
+        // Every routed row carries its token: each token appears once per chosen expert per layer.
+        let engine = try Engine.load(path: path, options: LoadOptions(contextLength: o.window))
+        let ids = engine.tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+        var all = o
+        all.rowsPerRouter = 10_000
+        let rows = try RouterTraining.collect(model: engine.model, tokens: ids, levels: 3, options: all)
+        for layer in Set(rows.map(\.layer)) {
+            var perToken = [Int32: Int]()
+            for s in rows where s.layer == layer { for p in s.positions { perToken[p, default: 0] += 1 } }
+            #expect(perToken.count == o.tokens && perToken.values.allSatisfy { $0 == engine.model.info.expertsPerToken })
+        }
         let summary = try RouterTraining.train(model: path, text: text, corpus: "test", options: o)
         #expect(summary.epochs.allSatisfy { $0.loss.isFinite && $0.loss > 0 })
         let set = try #require(try MWQFile(path: path).routers())

@@ -21,9 +21,11 @@ extension RouterTraining {
     /// costs its own position's KL at each level: the cost of lowering that layer for that token,
     /// taken as additive over layers (no interaction between lowered layers is modelled) and
     /// charged to the position where the change enters (its effect through attention on later
-    /// positions is charged to them). Rows routed to one expert of a sparse block share their
-    /// layer's KL with the layer's other experts, so they keep their NMSE, weighted per level by
-    /// the layer's mean KL per unit of mean NMSE. Costs are finally scaled so that their mean at
+    /// positions is charged to them). In a sparse block the token's KL is shared among its
+    /// experts' rows in proportion to their gate-weighted squared errors at that level (collection
+    /// keeps or drops all of a token's rows in a layer together). Rows without a known token keep
+    /// their NMSE, weighted per level by the layer's mean KL per unit of mean NMSE. Costs are
+    /// finally scaled so that their mean at
     /// the lowest level equals the NMSE objective's, so α keeps its scale. Passes resume at the
     /// lowered layer from the reference pass's residual stream, so a pass costs the layers after
     /// it only. Returns each decoder layer's mean KL per level below the highest.
@@ -116,6 +118,21 @@ extension RouterTraining {
             for row in 0..<s.rows { nmseLowest += Double(s.errors[row * levels]) }
         }
         for (l, m) in meanNMSE { meanNMSE[l] = m.map { $0 / Double(max(counts[l] ?? 1, 1)) } }
+        // A token's KL in a layer is shared among its kept rows there (its experts) in proportion
+        // to their gate-weighted squared errors at that level; a dense block's one row takes it all.
+        func key(_ layer: Int, _ pos: Int) -> Int { layer << 32 | pos }
+        var shared = [Int: (total: [Double], rows: Int)]()
+        for s in samples {
+            for row in 0..<s.rows {
+                let pos = row < s.positions.count ? Int(s.positions[row]) : -1
+                guard pos >= 0 else { continue }
+                let w = row < s.gateWeights.count ? Double(s.gateWeights[row]) : 1
+                var entry = shared[key(s.layer, pos)] ?? (Array(repeating: 0, count: levels), 0)
+                for k in 0..<levels { entry.total[k] += w * w * Double(s.errors[row * levels + k]) }
+                entry.rows += 1
+                shared[key(s.layer, pos)] = entry
+            }
+        }
         var costLowest = 0.0
         for i in samples.indices {
             let l = samples[i].layer
@@ -123,10 +140,13 @@ extension RouterTraining {
             let ratio = (0..<(levels - 1)).map { mk[$0] / max(mn[$0], 1e-12) }
             for row in 0..<samples[i].rows {
                 let pos = row < samples[i].positions.count ? Int(samples[i].positions[row]) : -1
+                let w = row < samples[i].gateWeights.count ? Double(samples[i].gateWeights[row]) : 1
                 for k in 0..<(levels - 1) {
                     let j = row * levels + k
-                    if pos >= 0 && pos < layerKL[k].count {
-                        samples[i].errors[j] = layerKL[k][pos]
+                    if pos >= 0 && pos < layerKL[k].count, let entry = shared[key(l, pos)] {
+                        let mine = w * w * Double(samples[i].errors[j])
+                        let share = entry.total[k] > 0 ? mine / entry.total[k] : 1 / Double(entry.rows)
+                        samples[i].errors[j] = Float(Double(layerKL[k][pos]) * share)
                     } else {
                         samples[i].errors[j] = Float(Double(samples[i].errors[j]) * ratio[k])
                     }

@@ -51,6 +51,8 @@ public struct RouterSamples: Sendable {
     /// [rows]: each row's token index in the calibration stream, or −1 where it is not known
     /// (rows routed to one expert of a sparse block); `--objective kl` matches rows to tokens.
     public var positions: [Int32] = []
+    /// [rows]: each row's gate weight in its token's output (1 for a dense block).
+    public var gateWeights: [Float] = []
     /// Rows the router saw during collection (kept or not).
     public var seen = 0
     public var rows: Int { errors.count / max(levels, 1) }
@@ -60,6 +62,7 @@ public struct RouterSamples: Sendable {
         self.layer = layer; self.expert = expert; self.hidden = hidden; self.levels = levels
         self.inputs = inputs; self.errors = errors; self.energy = energy; self.seen = seen
         self.positions = positions ?? Array(repeating: -1, count: energy.count)
+        self.gateWeights = Array(repeating: 1, count: energy.count)
     }
 }
 
@@ -126,7 +129,7 @@ public enum RouterTraining {
         let levels: Int
         let keep: Double
         let cap: Int
-        var rng: RouterRNG
+        let seed: UInt64
         var samples: [Int: RouterSamples] = [:]
         var energy: [Int: Double] = [:]
         var versions: [Int: [FeedForward]] = [:]
@@ -137,25 +140,34 @@ public enum RouterTraining {
 
         init(model: TransformerModel, levels: Int, keep: Double, cap: Int, seed: UInt64) {
             self.model = model; self.levels = levels; self.keep = keep; self.cap = cap
-            rng = RouterRNG(seed: seed)
+            self.seed = seed
         }
 
         func observe(layer: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>, tokens: Int, hidden: Int, intermediate: Int) {
-            add(layer: layer, expert: 0, input: input, tokens: tokens, hidden: hidden, inOrder: true)
+            add(layer: layer, expert: 0, input: input, tokens: tokens, hidden: hidden, batchRows: Array(0..<tokens),
+                weights: Array(repeating: 1, count: tokens))
         }
 
         func observeExpert(layer: Int, expert: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>,
-                           tokens: Int, hidden: Int, intermediate: Int) {
-            add(layer: layer, expert: expert, input: input, tokens: tokens, hidden: hidden, inOrder: false)
+                           tokens: Int, hidden: Int, intermediate: Int, rows: [Int], weights: [Float]) {
+            add(layer: layer, expert: expert, input: input, tokens: tokens, hidden: hidden, batchRows: rows, weights: weights)
         }
 
-        /// `inOrder`: row t is token t of the window (a dense block sees every token).
-        private func add(layer: Int, expert: Int, input: UnsafePointer<Float>, tokens: Int, hidden: Int, inOrder: Bool) {
+        /// Whether token `position` of the stream is kept in `layer`: one seeded draw per (layer,
+        /// token), so a kept token keeps the rows of all its experts (`--objective kl` shares the
+        /// token's cost among them).
+        private func keeps(layer: Int, position: Int) -> Bool {
+            var r = RouterRNG(seed: seed &+ UInt64(layer) &* 0x1_0000_0001 &+ UInt64(position) &* 0x9E37_79B9)
+            return r.nextDouble() < keep
+        }
+
+        /// `batchRows[i]`: the window's token of input row i; `weights[i]`: its gate weight.
+        private func add(layer: Int, expert: Int, input: UnsafePointer<Float>, tokens: Int, hidden: Int, batchRows: [Int], weights: [Float]) {
             let k = Self.key(layer, expert)
             var s = samples[k] ?? RouterSamples(layer: layer, expert: expert, hidden: hidden, levels: levels)
             s.seen += tokens
             var rows: [Int] = []
-            for t in 0..<tokens where s.rows + rows.count < cap && rng.nextDouble() < keep { rows.append(t) }
+            for t in 0..<tokens where s.rows + rows.count < cap && keeps(layer: layer, position: windowStart + batchRows[t]) { rows.append(t) }
             defer { samples[k] = s }
             guard !rows.isEmpty else { return }
             if versions[k] == nil {
@@ -187,7 +199,8 @@ public enum RouterTraining {
             }
             energy[k, default: 0] += e
             s.inputs += x
-            s.positions += rows.map { inOrder ? Int32(windowStart + $0) : -1 }
+            s.positions += rows.map { Int32(windowStart + batchRows[$0]) }
+            s.gateWeights += rows.map { weights[$0] }
         }
     }
 

@@ -32,10 +32,21 @@ public protocol FeedForwardObserver: AnyObject {
     /// experts, nor for experts no token chose.
     func observeExpert(layer: Int, expert: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>,
                        tokens: Int, hidden: Int, intermediate: Int)
+
+    /// As above, with each row's token in the batch (`rows`, ascending) and its gate weight
+    /// (`weights`): router training matches an expert's rows to the token's other experts.
+    func observeExpert(layer: Int, expert: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>,
+                       tokens: Int, hidden: Int, intermediate: Int, rows: [Int], weights: [Float])
 }
 
 extension FeedForwardObserver {
     /// Observers of dense blocks alone (MoEfication) ignore routed experts.
     public func observeExpert(layer: Int, expert: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>,
                               tokens: Int, hidden: Int, intermediate: Int) {}
+
+    public func observeExpert(layer: Int, expert: Int, input: UnsafePointer<Float>, activations: UnsafePointer<Float>,
+                              tokens: Int, hidden: Int, intermediate: Int, rows: [Int], weights: [Float]) {
+        observeExpert(layer: layer, expert: expert, input: input, activations: activations, tokens: tokens, hidden: hidden,
+                      intermediate: intermediate)
+    }
 }

@@ -45,7 +45,7 @@ public final class ResidentExperts: ObservableExpertBackend, @unchecked Sendable
             let y = scratch.floats(.expertOut, n * hidden)
             let gate = scratch.floats(.expertGate, n * expert.intermediate)
             expert(gathered, tokens: n, y, gateBuffer: gate, upBuffer: scratch.floats(.expertUp, n * expert.intermediate))
-            observe?(e, gathered, gate, n, expert.intermediate)
+            observe?(e, gathered, gate, n, expert.intermediate, slots.map { $0 / routes.topK }, slots.map { routes.weights[$0] })
             for (row, slot) in slots.enumerated() {
                 Kernels.axpy(routes.weights[slot], y + row * hidden, out + (slot / routes.topK) * hidden, n: hidden)
             }

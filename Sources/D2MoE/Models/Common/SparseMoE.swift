@@ -64,9 +64,10 @@ public protocol RoutingHook: AnyObject {
 }
 
 /// What an observed expert computed: (expert, its gathered input rows [tokens, hidden], the
-/// activations entering its down projection [tokens, intermediate], tokens, intermediate).
+/// activations entering its down projection [tokens, intermediate], tokens, intermediate, each
+/// row's token in the batch, each row's gate weight).
 typealias ExpertObservation = (_ expert: Int, _ input: UnsafePointer<Float>, _ activations: UnsafePointer<Float>,
-                               _ tokens: Int, _ intermediate: Int) -> Void
+                               _ tokens: Int, _ intermediate: Int, _ rows: [Int], _ weights: [Float]) -> Void
 
 /// A backend that can show an observer what each expert saw (calibration). Kept apart from
 /// `ExpertBackend` so backends that never hold activations need not pretend to.

@@ -155,9 +155,9 @@ public final class TransformerModel: @unchecked Sendable {
                     experts.schedulePrefetch(layer: next.moeLayer, routes: next.route(xn, tokens: tokens, scratch: scratch))
                 }
                 let observe: ExpertObservation? = observer.map { o in
-                    { e, input, a, n, intermediate in
+                    { e, input, a, n, intermediate, rows, weights in
                         o.observeExpert(layer: l, expert: e, input: input, activations: a, tokens: n, hidden: hidden,
-                                        intermediate: intermediate)
+                                        intermediate: intermediate, rows: rows, weights: weights)
                     }
                 }
                 try moe(xn, tokens: tokens, hidden: hidden, backend: experts, scratch: scratch, observe: observe,
