@@ -9,9 +9,10 @@ struct TrainRouter: ParsableCommand {
         discussion: """
             The model runs at its highest level; every (layer, expert) keeps a random subset of its input rows and \
             the error of its output at each level against the highest. Each router (a linear layer over the normed \
-            hidden state, softmax over the file's levels) minimises Σ_k p_k (NMSE_k + α·bits_k) with Adam; \
-            --capacity limits each level to a share of every batch during training only. The file is rewritten \
-            under a temporary name and renamed into place.
+            hidden state, softmax over the file's levels) minimises Σ_k p_k (cost_k + α·bits_k) with Adam, where \
+            cost_k is the measured KL divergence of the model's output with the row's layer alone at level k \
+            (--objective kl) or the expert's relative output error (nmse); --capacity limits each level to a share \
+            of every batch during training only. The file is rewritten under a temporary name and renamed into place.
             """)
 
     @Option(name: .long, help: "The .mwq file (its routers are replaced).")
@@ -26,8 +27,8 @@ struct TrainRouter: ParsableCommand {
     @Option(name: .long, help: "Training-only capacity shares per level, summing to 1 (e.g. 0.3,0.4,0.3); 'none' for no limits.")
     var capacity: String = "none"
 
-    @Option(name: .long, help: "Calibration tokens to run (whole windows of --window).")
-    var tokens: Int = 8192
+    @Option(name: .long, help: "Calibration tokens to run (whole windows of --window; default 4096 with --objective kl, 8192 with nmse).")
+    var tokens: Int?
 
     @Option(name: .long, help: "Tokens per calibration window.")
     var window: Int = 512
@@ -50,8 +51,8 @@ struct TrainRouter: ParsableCommand {
     @Flag(name: .long, help: "Weight each layer's errors by its effect on the output: the KL divergence of the model's next-token distribution with that layer alone at the lowest level (one calibration window), per unit of its NMSE.")
     var sensitivity = false
 
-    @Option(name: .long, help: "The cost per row and level: nmse (the expert's relative output error against the highest level) or kl (the model's output KL divergence at the row's position with that layer alone at that level, measured: a pass per layer and lower level per window).")
-    var objective: String = "nmse"
+    @Option(name: .long, help: "The cost per row and level: kl (the default: the model's output KL divergence at the row's token with that layer alone at that level, measured by a pass per layer and lower level per window, shared among a token's experts) or nmse (the expert's relative output error against the highest level; much faster, and measured worse).")
+    var objective: String = "kl"
 
     @Flag(name: .long, help: "Print the summary as one JSON object.")
     var json = false
@@ -59,6 +60,7 @@ struct TrainRouter: ParsableCommand {
     func run() throws {
         do {
             var o = RouterTrainingOptions()
+            let tokens = self.tokens ?? (objective == "kl" ? 4096 : 8192)
             guard alpha >= 0, tokens >= 1, window >= 2, rows >= 2, epochs >= 1, lr > 0 else {
                 throw ValidationError("--alpha ≥ 0, --tokens ≥ 1, --window ≥ 2, --rows ≥ 2, --epochs ≥ 1 and --lr > 0")
             }
