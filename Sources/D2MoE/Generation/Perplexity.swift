@@ -79,10 +79,15 @@ public enum Perplexity {
 
     /// −log softmax(logits)[target], accumulated in double.
     static func negativeLogLikelihood(_ logits: UnsafePointer<Float>, _ n: Int, _ target: Int32) -> Double {
+        logSumExp(logits, n) - Double(logits[Int(target)])
+    }
+
+    /// log Σ exp(logits[i]) over n logits, shifted by their maximum and accumulated in double.
+    static func logSumExp(_ logits: UnsafePointer<Float>, _ n: Int) -> Double {
         var maxLogit = -Float.infinity
         for i in 0..<n { maxLogit = max(maxLogit, logits[i]) }
         var sum = 0.0
         for i in 0..<n { sum += Foundation.exp(Double(logits[i] - maxLogit)) }
-        return Foundation.log(sum) + Double(maxLogit) - Double(logits[Int(target)])
+        return Foundation.log(sum) + Double(maxLogit)
     }
 }

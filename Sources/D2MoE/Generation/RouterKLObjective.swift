@@ -165,10 +165,6 @@ extension RouterTraining {
     }
 
     private static func logSumExp(_ x: [Float], row: Int, vocab: Int) -> Double {
-        var m = -Float.infinity
-        for v in 0..<vocab { m = max(m, x[row * vocab + v]) }
-        var s = 0.0
-        for v in 0..<vocab { s += Foundation.exp(Double(x[row * vocab + v] - m)) }
-        return Double(m) + Foundation.log(s)
+        x.withUnsafeBufferPointer { Perplexity.logSumExp($0.baseAddress! + row * vocab, vocab) }
     }
 }

@@ -32,11 +32,7 @@ extension RouterTraining {
             try logits.withUnsafeMutableBufferPointer { try model.forward(batch, caches: [cache], logits: $0.baseAddress!) }
             // Log-probabilities per row.
             for r in 0..<rows {
-                var m = -Float.infinity
-                for v in 0..<vocab { m = max(m, logits[r * vocab + v]) }
-                var s: Double = 0
-                for v in 0..<vocab { s += Foundation.exp(Double(logits[r * vocab + v] - m)) }
-                let lse = m + Float(Foundation.log(s))
+                let lse = Float(logits.withUnsafeBufferPointer { Perplexity.logSumExp($0.baseAddress! + r * vocab, vocab) })
                 for v in 0..<vocab { logits[r * vocab + v] -= lse }
             }
             return logits
