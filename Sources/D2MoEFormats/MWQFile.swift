@@ -6,7 +6,8 @@ import D2MoEKernels
 /// - bytes 0..<8: magic `D2MWQ\0\0\0`; 8..<12: format version (UInt32 LE, `MWQFile.version`); 12..<16: header
 ///   length H (UInt32 LE); 16..<16+H: the header, UTF-8 JSON (`MWQHeader`);
 /// - at `header.residentOffset` (4 KiB aligned): the resident tensors, each at its own offset
-///   (64-byte aligned) as float16/bfloat16/float32, CRC-32 of the whole section in the header;
+///   (64-byte aligned) as float16/bfloat16/float32/Q8_0, or as packed MWQ base planes ("mwqN"),
+///   CRC-32 of the whole section in the header;
 /// - then one record per (layer, expert), each 4 KiB aligned: level 1 of every matrix of the
 ///   expert (in the record's matrix order), then level 2 of every matrix, and so on. Level k is
 ///   a byte prefix of the record and going from level j to k is one contiguous range. Each
@@ -42,7 +43,8 @@ public struct MWQHeader: Codable, Sendable {
         public var group: Int
         /// "minmax" or "calibrated".
         public var scales: String
-        /// Element type of resident matrices: "f16", "bf16", "f32" or "q8_0".
+        /// Element type of resident matrices: "f16", "bf16", "f32" or "q8_0"; "q4" stores projections
+        /// as "mwq4" and the other matrices as "q8_0".
         public var resident: String
         /// False when the levels are separate copies rather than prefixes; absent (nil) means
         /// nested, as in files written before the field existed.
@@ -72,11 +74,22 @@ public struct MWQHeader: Codable, Sendable {
     public struct ResidentTensor: Codable, Sendable {
         public var name: String
         public var shape: [Int]
-        /// An `ElementType` name: "f32", "f16", "bf16" or "q8_0".
+        /// An `ElementType` name ("f32", "f16", "bf16" or "q8_0"), or "mwqN" for N in 1…8: a
+        /// [rows, cols] matrix as level 1 of an MWQ matrix with an N-bit base in groups of `group`
+        /// columns, in the tiled layout of `MWQMatrixView` (N + 32/group bits per weight for rows a
+        /// multiple of 32), which the kernels read in place.
         public var dtype: String
         /// From the start of the file.
         public var offset: Int
         public var bytes: Int
+        /// Columns per group of an "mwqN" tensor; absent for element types.
+        public var group: Int? = nil
+
+        /// N of an "mwqN" tensor; nil for element types.
+        public var mwqBaseBits: Int? {
+            guard dtype.hasPrefix("mwq"), let n = Int(dtype.dropFirst(3)), (1...8).contains(n) else { return nil }
+            return n
+        }
     }
 
     public struct ExpertRecord: Codable, Sendable {
@@ -148,7 +161,7 @@ public indirect enum JSONValue: Codable, Sendable, Equatable {
 /// Writes a `.mwq` file atomically (a temporary file renamed into place).
 public struct MWQWriter {
     public var header: MWQHeader
-    private var residentData: [(name: String, shape: [Int], dtype: String, bytes: [UInt8])] = []
+    private var residentData: [(name: String, shape: [Int], dtype: String, group: Int?, bytes: [UInt8])] = []
     /// Each record's level bytes as they will be stored, and its matrices' names and shapes.
     private var records: [(layer: Int, expert: Int, matrices: [MWQHeader.ExpertRecord.Matrix], levels: [[UInt8]])] = []
 
@@ -169,7 +182,12 @@ public struct MWQWriter {
             throw FormatError("MWQ", "resident tensor '\(name)' of shape \(shape) cannot be stored as \(dtype)")
         }
         let m = values.withUnsafeBufferPointer { DenseMatrix.quantized(rows: values.count / cols, cols: cols, values: $0, type: type) }
-        residentData.append((name, shape, dtype, Array(UnsafeRawBufferPointer(start: m.base, count: m.byteCount))))
+        residentData.append((name, shape, dtype, nil, Array(UnsafeRawBufferPointer(start: m.base, count: m.byteCount))))
+    }
+
+    /// A resident matrix stored packed ("mwqN"): level 1 of `matrix`, whose other levels are dropped.
+    public mutating func addResident(_ name: String, matrix: MWQMatrix) {
+        residentData.append((name, [matrix.rows, matrix.cols], "mwq\(matrix.baseBits)", matrix.group, matrix.levelBytes(0)))
     }
 
     /// One (layer, expert) record; every matrix must have the same levels.
@@ -207,7 +225,8 @@ public struct MWQWriter {
         var residentBlob = [UInt8]()
         for t in residentData {
             residentBlob += [UInt8](repeating: 0, count: align(residentBlob.count, 64) - residentBlob.count)
-            resident.append(.init(name: t.name, shape: t.shape, dtype: t.dtype, offset: residentBlob.count, bytes: t.bytes.count))
+            resident.append(.init(name: t.name, shape: t.shape, dtype: t.dtype, offset: residentBlob.count, bytes: t.bytes.count,
+                                  group: t.group))
             residentBlob += t.bytes
         }
         var recordBlobs: [[UInt8]] = []
@@ -299,8 +318,18 @@ public final class MWQFile: @unchecked Sendable {
         var r: [String: Int] = [:]
         for (i, t) in header.resident.enumerated() {
             let cols = t.shape.last ?? 1
-            guard let type = ElementType(rawValue: t.dtype), cols > 0, type.holds(cols: cols),
-                  t.bytes == t.shape.reduce(1, *) / cols * type.rowBytes(cols: cols),
+            let expected: Int?
+            if let b = t.mwqBaseBits {
+                guard t.shape.count == 2, t.shape[0] > 0, let g = t.group, MWQMatrixView.validGroup(g), cols % g == 0, t.offset % 4 == 0 else {
+                    throw FormatError(path, "resident tensor '\(t.name)' (\(t.dtype)) needs two dimensions and a group dividing its \(cols) columns")
+                }
+                expected = MWQMatrix.baseByteCount(rows: t.shape[0], cols: cols, group: g, baseBits: b)
+            } else {
+                expected = ElementType(rawValue: t.dtype).flatMap { type in
+                    cols > 0 && type.holds(cols: cols) ? t.shape.reduce(1, *) / cols * type.rowBytes(cols: cols) : nil
+                }
+            }
+            guard let expected, t.bytes == expected,
                   t.offset >= header.residentOffset, t.offset + t.bytes <= header.residentOffset + header.residentBytes else {
                 throw FormatError(path, "resident tensor '\(t.name)' has an inconsistent type, size or offset")
             }
@@ -334,11 +363,23 @@ public final class MWQFile: @unchecked Sendable {
         expertIndex[name].map { header.experts[$0.record] }
     }
 
-    /// A resident tensor as float32.
+    /// A resident "mwqN" matrix as the kernels read it, in place; nil for other tensors.
+    public func packedResident(_ name: String) throws -> MWQMatrixView? {
+        guard let t = residentTensor(name), let b = t.mwqBaseBits, let g = t.group else { return nil }
+        let bytes = try file.bytes(at: t.offset, count: t.bytes, what: name)
+        return MWQMatrixView(rows: t.shape[0], cols: t.shape[1], group: g, baseBits: b, levels: [bytes.baseAddress!])
+    }
+
+    /// A resident tensor as float32 (an "mwqN" matrix dequantized).
     public func floats(_ name: String) throws -> [Float] {
-        guard let t = residentTensor(name), let type = ElementType(rawValue: t.dtype) else { throw FormatError(path, "no resident tensor '\(name)'") }
+        guard let t = residentTensor(name) else { throw FormatError(path, "no resident tensor '\(name)'") }
         let b = try file.bytes(at: t.offset, count: t.bytes, what: name)
         let cols = t.shape.last ?? 1, rows = t.shape.reduce(1, *) / cols
+        if let bits = t.mwqBaseBits, let g = t.group {
+            let level = try MWQMatrix.level(0, from: b, rows: rows, cols: cols, group: g, baseBits: bits)
+            return MWQMatrix(rows: rows, cols: cols, group: g, baseBits: bits, levels: [level]).dequantize(level: 1)
+        }
+        guard let type = ElementType(rawValue: t.dtype) else { throw FormatError(path, "resident tensor '\(name)' has type \(t.dtype)") }
         let m = DenseMatrix(rows: rows, cols: cols, elementType: type, base: b.baseAddress!, owner: file)
         var out = [Float](repeating: 0, count: rows * cols)
         out.withUnsafeMutableBufferPointer { o in for r in 0..<rows { m.row(r, into: o.baseAddress! + r * cols) } }

@@ -186,32 +186,75 @@ public enum MWQKernels {
     /// the prepared activations; y: [tokens, rows]. Blocks of 32 rows are split over the pool.
     public static func matmul(_ m: MWQMatrixView, levels: Int, _ x: MWQPreparedInput, _ y: UnsafeMutablePointer<Float>,
                               pool: ComputePool = .shared, path: KernelPath = .best) {
-        precondition((1...m.maxLevel).contains(levels), "MWQKernels.matmul: level \(levels) of \(m.maxLevel)")
-        precondition(x.cols == m.cols && x.group == m.group, "MWQKernels.matmul: input prepared for \(x.cols) columns, group \(x.group)")
+        withUnsafeTemporaryAllocation(of: MWQProduct.self, capacity: 1) { p in
+            p.initialize(repeating: MWQProduct(m, levels: levels, y))
+            matmul(UnsafeBufferPointer(p), x, pool: pool, path: path)
+            p.deinitialize()
+        }
+    }
+
+    /// Every product of `products` (matrices reading the same input, e.g. q, k and v) in one pass
+    /// over the pool: their row blocks are split as one list, so small matrices do not each pay a
+    /// dispatch and leave threads idle.
+    public static func matmul(_ products: UnsafeBufferPointer<MWQProduct>, _ x: MWQPreparedInput,
+                              pool: ComputePool = .shared, path: KernelPath = .best) {
         precondition(path != .avx2 || KernelPath.best == .avx2, "MWQKernels.matmul: no AVX2 here")
-        precondition(m.baseBits + levels - 1 <= Int(D2MOE_MWQ_MAX_PLANES), "MWQKernels.matmul: more than \(D2MOE_MWQ_MAX_PLANES) planes")
-        guard m.rows > 0, x.tokens > 0 else { return }
-        let blocks = m.rowBlocks
-        let work = m.rows * m.cols * x.tokens * (m.baseBits + levels - 1) / 16
+        var blocks = 0, work = 0, pointers = 0
+        for p in products {
+            let m = p.matrix
+            precondition((1...m.maxLevel).contains(p.levels), "MWQKernels.matmul: level \(p.levels) of \(m.maxLevel)")
+            precondition(x.cols == m.cols && x.group == m.group, "MWQKernels.matmul: input prepared for \(x.cols) columns, group \(x.group)")
+            precondition(m.baseBits + p.levels - 1 <= Int(D2MOE_MWQ_MAX_PLANES), "MWQKernels.matmul: more than \(D2MOE_MWQ_MAX_PLANES) planes")
+            blocks += m.rowBlocks
+            work += m.rows * m.cols * x.tokens * (m.baseBits + p.levels - 1) / 16
+            pointers += p.levels
+        }
+        guard blocks > 0, x.tokens > 0 else { return }
         let n = work < 32_768 ? 1 : min(pool.threadCount * 4, blocks)
         let per = (blocks + n - 1) / n
-        switch path {
-        case .avx2:
-            withUnsafeTemporaryAllocation(of: UnsafePointer<UInt8>?.self, capacity: levels) { lv in
-                for k in 0..<levels { lv[k] = m.levels[k].assumingMemoryBound(to: UInt8.self) }
-                let base = UnsafePointer(lv.baseAddress!)
-                pool.parallelFor((blocks + per - 1) / per) { chunk in
-                    let b0 = chunk * per, b1 = min(blocks, b0 + per)
-                    d2moe_mwq_matmul_avx2(x.tables, x.scales, x.sums, x.tokens, m.rows, m.cols, Int32(m.group),
-                                          base, Int32(m.baseBits), Int32(levels - 1), b0, b1, y)
+        // Every product's level pointers, flattened, for the C kernel.
+        withUnsafeTemporaryAllocation(of: UnsafePointer<UInt8>?.self, capacity: pointers) { lv in
+            var at = 0
+            for p in products {
+                for k in 0..<p.levels { lv[at + k] = p.matrix.levels[k].assumingMemoryBound(to: UInt8.self) }
+                at += p.levels
+            }
+            let levelPointers = UnsafePointer(lv.baseAddress!)
+            pool.parallelFor((blocks + per - 1) / per) { chunk in
+                // Blocks [g0, g1) of the concatenated list, cut at the matrices' boundaries.
+                let g0 = chunk * per, g1 = min(blocks, g0 + per)
+                var first = 0, pointer = 0
+                for p in products {
+                    let m = p.matrix
+                    let b0 = max(g0 - first, 0), b1 = min(g1 - first, m.rowBlocks)
+                    if b0 < b1 {
+                        switch path {
+                        case .avx2:
+                            d2moe_mwq_matmul_avx2(x.tables, x.scales, x.sums, x.tokens, m.rows, m.cols, Int32(m.group),
+                                                  levelPointers + pointer, Int32(m.baseBits), Int32(p.levels - 1), b0, b1, p.output)
+                        case .portable:
+                            PortableMWQ.matmul(m, levels: p.levels, x, p.output, blocks: b0..<b1)
+                        }
+                    }
+                    first += m.rowBlocks
+                    pointer += p.levels
                 }
             }
-        case .portable:
-            pool.parallelFor((blocks + per - 1) / per) { chunk in
-                let b0 = chunk * per, b1 = min(blocks, b0 + per)
-                PortableMWQ.matmul(m, levels: levels, x, y, blocks: b0..<b1)
-            }
         }
+    }
+}
+
+/// One product of a fused call (`MWQKernels.matmul(_:_:)`): output [tokens, matrix.rows] =
+/// the prepared input times `matrix` served at `levels`.
+public struct MWQProduct: @unchecked Sendable {
+    public var matrix: MWQMatrixView
+    public var levels: Int
+    public var output: UnsafeMutablePointer<Float>
+
+    public init(_ matrix: MWQMatrixView, levels: Int, _ output: UnsafeMutablePointer<Float>) {
+        self.matrix = matrix
+        self.levels = levels
+        self.output = output
     }
 }
 

@@ -18,7 +18,7 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Group size along the input dimension: 32, 64 or 128.")
     var group: Int = 128
 
-    @Option(name: .long, help: "Element type of resident matrices: f16, bf16, f32 or q8 (ggml's Q8_0).")
+    @Option(name: .long, help: "Element type of resident matrices: f16, bf16, f32, q8 (ggml's Q8_0), or q4: attention and shared-expert projections as 4-bit packed planes, the rest Q8_0.")
     var resident: String = "f16"
 
     @Option(name: .long, help: "Calibration text: scales fitted to minimise the output error on its activations (a routed expert's on the tokens routed to it).")
@@ -36,7 +36,7 @@ struct Quantize: ParsableCommand {
     func run() throws {
         guard [32, 64, 128].contains(group) else { throw ValidationError("--group must be 32, 64 or 128") }
         let resident = self.resident == "q8" ? "q8_0" : self.resident
-        guard ["f16", "bf16", "f32", "q8_0"].contains(resident) else { throw ValidationError("--resident must be f16, bf16, f32 or q8, got '\(self.resident)'") }
+        guard ["f16", "bf16", "f32", "q8_0", "q4"].contains(resident) else { throw ValidationError("--resident must be f16, bf16, f32, q8 or q4, got '\(self.resident)'") }
         do {
             let scheme = try MWQConverter.Scheme(self.scheme)
             let text = try calib.map { path -> String in

@@ -111,9 +111,15 @@ struct MWQTests {
         try writer.addResident("norm.weight", shape: [300], values: resident, dtype: "f32")
         try writer.addResident("embed.weight", shape: [3, 100], values: resident, dtype: "f16")
         try writer.addResident("head.weight", shape: [5, 32], values: Array(resident.prefix(160)), dtype: "q8_0")
+        writer.addResident("proj.weight", matrix: try projection())
         try writer.addExpert(layer: 0, expert: 1, matrices: [("a.weight", m), ("b.weight", m)])
         try writer.write(to: path)
         return (m, resident)
+    }
+
+    /// A resident projection as `--resident q4` stores it: a 4-bit base in groups of 32.
+    static func projection() throws -> MWQMatrix {
+        try quantize(weights(40 * 96, seed: 9), rows: 40, cols: 96, group: 32, base: 4, signs: 0)
     }
 
     @Test func containerRoundTrip() throws {
@@ -129,6 +135,16 @@ struct MWQTests {
             let block = resident[(32 * b)..<(32 * b + 32)], step = block.map { abs($0) }.max()! / 127
             for c in block.indices { #expect(abs(q8[c] - resident[c]) <= step * 0.5 + abs(resident[c]) * 1e-3) }
         }
+        // A packed resident matrix: its tiles in place, and as floats its level-1 weights.
+        let projection = try Self.projection()
+        let tensor = try #require(file.residentTensor("proj.weight"))
+        #expect(tensor.dtype == "mwq4" && tensor.group == 32 && tensor.shape == [40, 96])
+        #expect(tensor.bytes == MWQMatrix.baseByteCount(rows: 40, cols: 96, group: 32, baseBits: 4))
+        #expect(try file.floats("proj.weight") == projection.dequantize(level: 1))
+        let view = try #require(try file.packedResident("proj.weight"))
+        #expect(view.rows == 40 && view.cols == 96 && view.group == 32 && view.baseBits == 4)
+        #expect(Array(UnsafeRawBufferPointer(start: view.levels[0], count: tensor.bytes)) == projection.levelBytes(0))
+        #expect(try file.packedResident("embed.weight") == nil)
         let record = try #require(file.expertRecord(containing: "b.weight"))
         #expect(record.offset % 4096 == 0 && record.layer == 0 && record.expert == 1)
         #expect(record.levelBytes == m.levels.indices.map { 2 * m.levelBytes($0).count })
@@ -145,7 +161,7 @@ struct MWQTests {
     }
 
     /// Damaged files give errors that name the problem.
-    @Test(arguments: ["magic", "version", "header", "resident", "expert", "truncated"])
+    @Test(arguments: ["magic", "version", "header", "resident", "packed", "expert", "truncated"])
     func corruptFilesAreRejected(_ damage: String) throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("mwq-\(UUID().uuidString).mwq").path
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -159,6 +175,12 @@ struct MWQTests {
         case "header": bytes[20] = 0x7B; expected = "not valid JSON"
         case "resident": bytes[header.residentOffset + 5] ^= 0xFF; expected = "resident section checksum"
         case "expert": bytes[header.experts[0].offset + 3] ^= 0x01; expected = "level 1 checksum"
+        case "packed":
+            // A 3-bit base where 4-bit planes are stored: the sizes disagree.
+            let key = Array("\"mwq4\"".utf8)
+            let at = try #require((0..<(bytes.count - key.count)).first { Array(bytes[$0..<($0 + key.count)]) == key })
+            bytes[at + 4] = UInt8(ascii: "3")
+            expected = "resident tensor 'proj.weight' has an inconsistent type, size or offset"
         default: bytes = Array(bytes.prefix(header.experts[0].offset + 100)); expected = "past the end"
         }
         try Data(bytes).write(to: URL(fileURLWithPath: path))

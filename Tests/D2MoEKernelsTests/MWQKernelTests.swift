@@ -55,6 +55,40 @@ import D2MoEKernels
         }
     }
 
+    /// One fused call over several matrices (q, k and v) gives each the result of its own call.
+    @Test func fusedProductsMatchSeparateOnes() {
+        var random = MWQRandom(seed: 11)
+        let matrices = [MWQFixture(rows: 70, cols: 192, group: 32, baseBits: 4, signLevels: 0, random: &random),
+                        MWQFixture(rows: 33, cols: 192, group: 32, baseBits: 2, signLevels: 2, random: &random),
+                        MWQFixture(rows: 300, cols: 192, group: 32, baseBits: 3, signLevels: 1, random: &random)]
+        let levels = [1, 3, 2]
+        for tokens in [1, 6] {
+            let x = (0..<(tokens * 192)).map { _ in random.float(in: -1...1) }
+            for path in Self.paths {
+                let separate = zip(matrices, levels).map { $0.fast(levels: $1, x, tokens: tokens, path: path) }
+                for pool in [ComputePool(threadCount: 1), ComputePool(threadCount: 3)] {
+                    // All three outputs in one buffer, one after the other.
+                    let rows = matrices.map { tokens * $0.view.rows }
+                    var flat = [Float](repeating: .nan, count: rows.reduce(0, +))
+                    let size = MWQPreparedInput.byteCount(tokens: tokens, cols: 192, group: 32)
+                    var memory = [UInt32](repeating: 0, count: size / 4)
+                    memory.withUnsafeMutableBytes { m in
+                        let input = MWQPreparedInput(memory: m.baseAddress!, tokens: tokens, cols: 192, group: 32)
+                        MWQKernels.prepare(x, into: input, path: path)
+                        flat.withUnsafeMutableBufferPointer { y in
+                            let list = [MWQProduct(matrices[0].view, levels: 1, y.baseAddress!),
+                                        MWQProduct(matrices[1].view, levels: 3, y.baseAddress! + rows[0]),
+                                        MWQProduct(matrices[2].view, levels: 2, y.baseAddress! + rows[0] + rows[1])]
+                            list.withUnsafeBufferPointer { MWQKernels.matmul($0, input, pool: pool, path: path) }
+                        }
+                    }
+                    let outputs = [Array(flat[0..<rows[0]]), Array(flat[rows[0]..<(rows[0] + rows[1])]), Array(flat[(rows[0] + rows[1])...])]
+                    #expect(outputs == separate, "\(path) tokens \(tokens) threads \(pool.threadCount)")
+                }
+            }
+        }
+    }
+
     @Test func lowerLevelsIgnoreTheHigherPlanes() {
         var random = MWQRandom(seed: 7)
         let matrix = MWQFixture(rows: 40, cols: 192, group: 64, baseBits: 3, signLevels: 4, random: &random)

@@ -85,6 +85,34 @@ struct MWQModelTests {
         #expect(agree >= ids.count - 1, "next-token argmax agrees at \(agree) of \(ids.count) positions")
     }
 
+    /// `--resident q4`: attention projections packed at 4 bits in groups of 32 and computed in
+    /// place, the embeddings in Q8_0. From this Q4_1 source (already on a 4-bit grid per 32) the
+    /// perplexity stays that of the float16-resident file, and the packed and dequantized paths agree.
+    @Test func fourBitResidentProjections() throws {
+        let path = Self.directory.appendingPathComponent("smollm2-v1-q4-format\(MWQFile.version).mwq").path
+        if !FileManager.default.fileExists(atPath: path) {
+            _ = try MWQConverter.convert(model: TestPaths.smolLM2, to: path, scheme: try MWQConverter.Scheme("v1"), resident: "q4")
+        }
+        let file = try MWQFile(path: path)
+        #expect(file.residentTensor("model.layers.3.self_attn.k_proj.weight")?.dtype == "mwq4")
+        #expect(file.residentTensor("model.embed_tokens.weight")?.dtype == "q8_0")
+        let q4 = try Self.perplexity(path, bits: 4), f16 = try Self.perplexity(try Self.converted("v1"), bits: 4)
+        #expect(abs(q4 - f16) / f16 < 0.02, "q4-resident \(q4) vs f16-resident \(f16)")
+        let packed = try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 64, bits: 4))
+        var plainOptions = LoadOptions(contextLength: 64, bits: 4)
+        plainOptions.dequantizeMWQ = true
+        let plain = try ModelLoader.loadModel(path: path, options: plainOptions)
+        // Attention reads 884,736 weights a layer at 5 bits instead of float32 (the f16 file loaded
+        // as float32); nothing else changes.
+        let wide = try ModelLoader.loadModel(path: try Self.converted("v1"), options: LoadOptions(contextLength: 64, bits: 4))
+        #expect(wide.decodeBytesPerToken - packed.decodeBytesPerToken == 30 * 884_736 * 27 / 8)
+        let ids: [Int32] = [1, 504, 3575, 282, 4649, 314, 2, 28]
+        let batch = ids.enumerated().map { BatchToken(sequence: 0, position: $0.offset, token: $0.element, wantsLogits: true) }
+        let a = try packed.forward(batch, caches: [packed.makeCache(capacity: 64)]).flatMap { $0 }
+        let b = try plain.forward(batch, caches: [plain.makeCache(capacity: 64)]).flatMap { $0 }
+        #expect(relativeError(a, b) < 0.03, "packed vs dequantized: \(relativeError(a, b))")
+    }
+
     /// Gemma 3 from its GGUF file through an rtn8 container: the logits of the source model. (Its
     /// GGUF norms carry llama.cpp's + 1; once it was applied twice and perplexity was 2·10⁹.)
     @Test(.enabled(if: TestPaths.exists(TestPaths.gemma3), "SKIP: Gemma 3 absent; run scripts/setup"))

@@ -26,7 +26,13 @@ final class MWQWeights: PackedWeightSource {
     /// A view into the mapped record: each level's tiles of the matrix, read in place. Checksums of
     /// the levels served are verified here, once.
     func packed(_ name: String) throws -> PackedMWQ? {
-        guard packedKernels, let (e, ranges) = file.levelRanges(of: name), let m = e.matrices.first(where: { $0.name == name }) else { return nil }
+        guard packedKernels else { return nil }
+        if file.residentTensor(name) != nil {
+            do { return try file.packedResident(name).map { PackedMWQ(view: $0, level: 1, owner: file) } } catch let error as FormatError {
+                throw ModelError(error.description)
+            }
+        }
+        guard let (e, ranges) = file.levelRanges(of: name), let m = e.matrices.first(where: { $0.name == name }) else { return nil }
         let q = file.header.quantization
         let bytes: UnsafeRawBufferPointer
         if verified.contains(e.offset) {

@@ -43,9 +43,7 @@ struct Attention {
         let qs = scratch.floats(.query, tokens * qWidth)
         let ks = scratch.floats(.key, tokens * kvWidth)
         let vs = scratch.floats(.value, tokens * kvWidth)
-        q(x, tokens: tokens, qs)
-        k(x, tokens: tokens, ks)
-        v(x, tokens: tokens, vs)
+        Linear.shared(x, tokens: tokens, q, qs, k, ks, v, vs)
         if let clip {
             for (p, n) in [(qs, tokens * qWidth), (ks, tokens * kvWidth), (vs, tokens * kvWidth)] {
                 for i in 0..<n { p[i] = min(max(p[i], -clip), clip) }

@@ -42,7 +42,7 @@ struct FeedForward {
     /// `gateBuffer` holds the activations that enter `down` (observers read them).
     func callAsFunction(_ x: UnsafePointer<Float>, tokens: Int, _ out: UnsafeMutablePointer<Float>,
                         gateBuffer: UnsafeMutablePointer<Float>, upBuffer: UnsafeMutablePointer<Float>) {
-        Linear.pair(gate, up, x, tokens: tokens, gateBuffer, upBuffer)
+        Linear.shared(x, tokens: tokens, gate, gateBuffer, up, upBuffer)
         let n = tokens * intermediate
         switch activation {
         case .silu: Kernels.siluMul(gateBuffer, upBuffer, n: n)

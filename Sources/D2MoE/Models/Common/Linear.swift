@@ -66,35 +66,51 @@ struct Linear {
         case .dense(let w):
             Kernels.matmul(w, x, tokens: tokens, y)
         case .mwq(let p):
-            Self.packedProducts(p, y, nil, nil, x, tokens: tokens)
+            withUnsafeTemporaryAllocation(of: MWQProduct.self, capacity: 1) { list in
+                list.initializeElement(at: 0, to: MWQProduct(p.view, levels: p.level, y))
+                Self.products(UnsafeBufferPointer(list), x, tokens: tokens)
+                list.deinitialize()
+            }
         }
         addBias(y, tokens: tokens)
     }
 
-    /// gate(x) and up(x) together: packed layers reading the same input share its tables.
-    static func pair(_ a: Linear, _ b: Linear, _ x: UnsafePointer<Float>, tokens: Int,
-                     _ ya: UnsafeMutablePointer<Float>, _ yb: UnsafeMutablePointer<Float>) {
-        guard case .mwq(let pa) = a.storage, case .mwq(let pb) = b.storage, pa.view.group == pb.view.group, pa.view.cols == pb.view.cols else {
+    /// Two or three layers reading the same x (gate and up; q, k and v): packed layers of one
+    /// group share the prepared input and one pass over the pool, so the small ones do not each
+    /// pay a dispatch. Others run one after the other.
+    static func shared(_ x: UnsafePointer<Float>, tokens: Int, _ a: Linear, _ ya: UnsafeMutablePointer<Float>,
+                       _ b: Linear, _ yb: UnsafeMutablePointer<Float>,
+                       _ c: Linear? = nil, _ yc: UnsafeMutablePointer<Float>? = nil) {
+        func packed(_ l: Linear?) -> PackedMWQ? { if case .mwq(let p)? = l?.storage { return p }; return nil }
+        guard let pa = packed(a), let pb = packed(b), pb.view.group == pa.view.group, pb.view.cols == pa.view.cols,
+              c == nil || (packed(c)?.view.group == pa.view.group && packed(c)?.view.cols == pa.view.cols) else {
             a(x, tokens: tokens, ya)
             b(x, tokens: tokens, yb)
+            if let c, let yc { c(x, tokens: tokens, yc) }
             return
         }
-        packedProducts(pa, ya, pb, yb, x, tokens: tokens)
+        let count = c == nil ? 2 : 3
+        withUnsafeTemporaryAllocation(of: MWQProduct.self, capacity: count) { list in
+            list.initializeElement(at: 0, to: MWQProduct(pa.view, levels: pa.level, ya))
+            list.initializeElement(at: 1, to: MWQProduct(pb.view, levels: pb.level, yb))
+            if let pc = packed(c), let yc { list.initializeElement(at: 2, to: MWQProduct(pc.view, levels: pc.level, yc)) }
+            products(UnsafeBufferPointer(list), x, tokens: tokens)
+            list.deinitialize()
+        }
         a.addBias(ya, tokens: tokens)
         b.addBias(yb, tokens: tokens)
+        if let c, let yc { c.addBias(yc, tokens: tokens) }
     }
 
-    /// ya = A·x (and yb = B·x) for packed matrices reading the same x: [tokens, cols], prepared once.
-    private static func packedProducts(_ a: PackedMWQ, _ ya: UnsafeMutablePointer<Float>, _ b: PackedMWQ?, _ yb: UnsafeMutablePointer<Float>?,
-                                       _ x: UnsafePointer<Float>, tokens: Int) {
-        let view = a.view
+    /// The packed products of `list`, all reading x: [tokens, cols], which is prepared once.
+    private static func products(_ list: UnsafeBufferPointer<MWQProduct>, _ x: UnsafePointer<Float>, tokens: Int) {
+        let view = list[0].matrix
         // Tables are 8 bytes per input per token: stack space for decode steps.
         let size = MWQPreparedInput.byteCount(tokens: tokens, cols: view.cols, group: view.group)
         withUnsafeTemporaryAllocation(byteCount: size, alignment: 64) { memory in
             let input = MWQPreparedInput(memory: memory.baseAddress!, tokens: tokens, cols: view.cols, group: view.group)
             MWQKernels.prepare(x, into: input)
-            MWQKernels.matmul(a.view, levels: a.level, input, ya)
-            if let b, let yb { MWQKernels.matmul(b.view, levels: b.level, input, yb) }
+            MWQKernels.matmul(list, input)
         }
     }
 
