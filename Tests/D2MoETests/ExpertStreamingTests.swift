@@ -89,6 +89,9 @@ struct ExpertStreamingTests {
         #expect(stats.peakPoolBytes <= budget)
         #expect(stats.total.prefetched > 0 && stats.total.prefetchHits > 0, "prefetched \(stats.total.prefetched), used \(stats.total.prefetchHits)")
         #expect(stats.total.prefetchHits <= stats.total.prefetched)
+        // The first MoE layer is read ahead too, during the last one of the step before.
+        #expect(stats.layers.count > 1 && stats.layers[0].prefetched > 0 && stats.layers[0].prefetchHits > 0,
+                "first MoE layer: prefetched \(stats.layers[0].prefetched), used \(stats.layers[0].prefetchHits)")
     }
 
     /// A streaming model that has run (with and without prefetch) is freed with its pool and

@@ -103,11 +103,11 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         predictions[layer] = routes.experts
     }
 
-    /// Reserves and queues the predicted pieces that are missing, as far as the budget allows
-    /// without waiting; they stay pinned until `layer` runs. Called under the pool's lock.
+    /// The predicted pieces of `layer`, one list per expert, hottest first: what `admitPrefetch`
+    /// queues, as far as the budget allows each time it is called. Called under the pool's lock.
     /// `x`: the current layer's input, from which the next layer's routes were predicted (the
     /// bit-width routers of `layer` read it as their prediction too).
-    private func admitPrefetch(layer: Int, x: UnsafePointer<Float>, routes: ExpertRoutes, stats: inout ExpertStreamStats.Layer) throws {
+    private func planPrefetch(layer: Int, x: UnsafePointer<Float>, routes: ExpertRoutes) -> [[PieceKey]] {
         let levelCount = store.levels
         var levels = [Int](repeating: levelCount, count: routes.experts.count)
         bitPolicy.levels(layer: layer, input: x, hidden: store.hidden, routes: routes, nExperts: store.expertCount,
@@ -119,17 +119,31 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             count[Int(e), default: 0] += 1
         }
         // Hottest predicted experts first, all the levels they will read.
-        for e in need.keys.sorted(by: { (count[$0]!, -$0) > (count[$1]!, -$1) }) {
-            let keys = need[e]!.sorted().map { PieceKey(layer: layer, expert: e, level: $0) }.filter { pool.entries[$0] == nil }
-            guard !keys.isEmpty else { continue }
-            guard pool.reserve(keys.reduce(0) { $0 + store.allocationBytes($1) }) else { break }
-            for key in keys {
-                let entry = try pool.startLoad(key)
-                entry.prefetched = true
-                prefetchPins[layer, default: []].append(entry)
-                stats.prefetched += 1
-            }
+        return need.keys.sorted(by: { (count[$0]!, -$0) > (count[$1]!, -$1) }).map { e in
+            need[e]!.sorted().map { PieceKey(layer: layer, expert: e, level: $0) }
         }
+    }
+
+    /// Reserves and queues the planned pieces that are missing, expert by expert from `next`, until
+    /// the budget cannot take the next expert without waiting; returns where it stopped. Queued
+    /// pieces stay pinned until their layer runs. Called under the pool's lock.
+    private func admitPrefetch(_ plan: [[PieceKey]], from next: Int, stats: inout ExpertStreamStats.Layer) throws -> Int {
+        var i = next
+        while i < plan.count {
+            let keys = plan[i].filter { pool.entries[$0] == nil }
+            if !keys.isEmpty {
+                guard pool.reserve(keys.reduce(0) { $0 + store.allocationBytes($1) }) else { break }
+                for key in keys {
+                    let entry = try pool.startLoad(key)
+                    entry.prefetched = true
+                    entry.prefetchPinned = true
+                    prefetchPins[key.layer, default: []].append(entry)
+                    stats.prefetched += 1
+                }
+            }
+            i += 1
+        }
+        return i
     }
 
     /// One (expert, level) group: the slots that run expert `expert` at `level`.
@@ -207,6 +221,12 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         pool.lock.lock()
         pool.currentLayer = layer
         pool.shielded = Set(experts)
+        // Prefetched pieces this step does not read were mispredicted: their protection ends now,
+        // so that they cannot hold budget the step's own pieces need.
+        for entry in prefetchPins[layer] ?? [] where entry.prefetchPinned && !wanted[entry.key.expert].contains(entry.key.level) {
+            pool.unpin(entry)
+            entry.prefetchPinned = false
+        }
         var missing: [PieceKey] = []
         var missingPerExpert = [Int: [Int]]()
         for e in experts {
@@ -252,12 +272,18 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         let bytesStart = pool.bytesRead
         let prefetch = prefetchEnabled ? scheduledPrefetch : nil
         scheduledPrefetch = nil
-        var prefetchQueued = prefetch == nil
+        // The next layer's predicted pieces, and how many of its experts are queued: retried
+        // whenever this layer frees budget.
+        var prefetchPlan: [[PieceKey]]?
+        var prefetchNext = 0
         defer {
             // On every exit (errors included) give back the pins this step holds, and the
             // protection of what was prefetched for it.
             for entries in pinned.values { for case let e? in entries { pool.unpin(e) } }
-            for e in prefetchPins.removeValue(forKey: layer) ?? [] { pool.unpin(e) }
+            for e in prefetchPins.removeValue(forKey: layer) ?? [] where e.prefetchPinned {
+                pool.unpin(e)
+                e.prefetchPinned = false
+            }
             pool.shielded = []
             pool.lock.unlock()
         }
@@ -269,7 +295,15 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             var absent: [Int] = []
             for k in wanted[e] {
                 let key = PieceKey(layer: layer, expert: e, level: k)
-                if let entry = try pool.entry(key) { pool.pin(entry); held[k - 1] = entry } else { absent.append(k) }
+                if let entry = try pool.entry(key) {
+                    pool.pin(entry)
+                    held[k - 1] = entry
+                    // The step's pin replaces the prefetch's: once the expert's groups are done,
+                    // its budget can go to the experts after it.
+                    if entry.prefetchPinned { pool.unpin(entry); entry.prefetchPinned = false }
+                } else {
+                    absent.append(k)
+                }
             }
             let bytes = absent.reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
             guard pool.reserve(bytes) else {
@@ -293,11 +327,12 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         }
 
         while doneCount < groups.count {
+            let seen = pool.completionCount()
             // Admit as many waiting experts as the budget allows, in order.
             while pendingHead < pending.count, try admit(pending[pendingHead]) { pendingHead += 1 }
-            if !prefetchQueued, pendingHead == pending.count, let p = prefetch {
-                try admitPrefetch(layer: p.layer, x: x, routes: p.routes, stats: &layerStats)
-                prefetchQueued = true
+            if pendingHead == pending.count, let p = prefetch {
+                if prefetchPlan == nil { prefetchPlan = planPrefetch(layer: p.layer, x: x, routes: p.routes) }
+                if prefetchNext < prefetchPlan!.count { prefetchNext = try admitPrefetch(prefetchPlan!, from: prefetchNext, stats: &layerStats) }
             }
             // A group whose levels have all arrived, hottest expert first.
             var ready: Int?
@@ -306,8 +341,12 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                 var ok = true
                 for k in store.levelsRead(at: g.level) {
                     let entry = entries[k - 1]!
-                    if case .failed(let message) = entry.state { throw ModelError(message) }
-                    if !entry.isReady { ok = false; break }
+                    switch pool.state(entry) {
+                    case .failed(let message): throw ModelError(message)
+                    case .loading: ok = false
+                    case .ready: continue
+                    }
+                    break
                 }
                 if ok { ready = i; break }
             }
@@ -327,15 +366,25 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                 }
                 continue
             }
-            let loading = pinned.values.contains { $0.contains { $0.map { !$0.isReady } ?? false } }
-            if !loading {
+            // Any read, not only this step's: a prefetched piece whose protection ended is not
+            // evictable until it has arrived.
+            if !pool.readsPending() {
+                // A read that ended after the scan above: look again before calling the step stuck.
+                if pool.completionCount() != seen { continue }
+                // Prefetched pieces of experts not admitted yet only hold protection: give it up
+                // before giving up the step.
+                let protected = (prefetchPins[layer] ?? []).filter(\.prefetchPinned)
+                if !protected.isEmpty {
+                    for entry in protected { pool.unpin(entry); entry.prefetchPinned = false }
+                    continue
+                }
                 guard pendingHead < pending.count else { throw ModelError("expert step of MoE layer \(layer) made no progress") }
                 let e = pending[pendingHead]
                 let bytes = wanted[e].reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
                 throw ModelError("the memory budget (\(pool.budget) bytes) cannot hold expert \(e) of MoE layer \(layer) at levels \(wanted[e]) (\(bytes) bytes) beside \(pool.residentBytes) pinned bytes")
             }
             let t0 = DispatchTime.now().uptimeNanoseconds
-            pool.lock.wait()
+            pool.waitForCompletion(after: seen)
             computeIdle += DispatchTime.now().uptimeNanoseconds - t0
         }
         layerStats.ioBusy = Double(pool.ioBusyNanoseconds() - ioStart) / 1e9

@@ -54,9 +54,16 @@ public final class TransformerModel: @unchecked Sendable {
 
     let pool: ComputePool
     private let scratch = Scratch()
-    /// [decoder layer] → the next sparse block after it, for prefetching.
+    /// [decoder layer] → the next sparse block after it, for prefetching; after the last one, the
+    /// first (of the next step: the I/O threads would otherwise idle from the last MoE layer's reads
+    /// to the first one's, and with many sequences in a step most of its experts are needed again).
     private lazy var nextMoE: [SparseMoE?] = layers.indices.map { l in
-        layers[(l + 1)...].lazy.compactMap { if case .sparse(let m) = $0.ffn { return m } else { return nil } }.first
+        let sparse = layers.compactMap { if case .sparse(let m) = $0.ffn { return m } else { return nil } }
+        let own: Int? = if case .sparse(let m) = layers[l].ffn { m.moeLayer } else { nil }
+        let next = layers[(l + 1)...].lazy.compactMap { if case .sparse(let m) = $0.ffn { return m } else { return nil } }.first
+        if let next { return next }
+        guard let first = sparse.first, first.moeLayer != own else { return nil }
+        return first
     }
     private let lock = NSLock()
 
