@@ -115,6 +115,13 @@ final class ExpertPool: @unchecked Sendable {
         e.pins -= 1
     }
 
+    /// Gives back the pin a prefetch took on `e`, if it still holds it.
+    func dropPrefetchPin(_ e: Entry) {
+        guard e.prefetchPinned else { return }
+        e.prefetchPinned = false
+        unpin(e)
+    }
+
     /// Records a use of a piece for recency and frequency policies; `high`: by a group at the
     /// file's highest level.
     func touch(_ e: Entry, high: Bool = false) {

@@ -223,9 +223,8 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         pool.shielded = Set(experts)
         // Prefetched pieces this step does not read were mispredicted: their protection ends now,
         // so that they cannot hold budget the step's own pieces need.
-        for entry in prefetchPins[layer] ?? [] where entry.prefetchPinned && !wanted[entry.key.expert].contains(entry.key.level) {
-            pool.unpin(entry)
-            entry.prefetchPinned = false
+        for entry in prefetchPins[layer] ?? [] where !wanted[entry.key.expert].contains(entry.key.level) {
+            pool.dropPrefetchPin(entry)
         }
         var missing: [PieceKey] = []
         var missingPerExpert = [Int: [Int]]()
@@ -280,10 +279,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
             // On every exit (errors included) give back the pins this step holds, and the
             // protection of what was prefetched for it.
             for entries in pinned.values { for case let e? in entries { pool.unpin(e) } }
-            for e in prefetchPins.removeValue(forKey: layer) ?? [] where e.prefetchPinned {
-                pool.unpin(e)
-                e.prefetchPinned = false
-            }
+            for e in prefetchPins.removeValue(forKey: layer) ?? [] { pool.dropPrefetchPin(e) }
             pool.shielded = []
             pool.lock.unlock()
         }
@@ -300,7 +296,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                     held[k - 1] = entry
                     // The step's pin replaces the prefetch's: once the expert's groups are done,
                     // its budget can go to the experts after it.
-                    if entry.prefetchPinned { pool.unpin(entry); entry.prefetchPinned = false }
+                    pool.dropPrefetchPin(entry)
                 } else {
                     absent.append(k)
                 }
@@ -375,7 +371,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                 // before giving up the step.
                 let protected = (prefetchPins[layer] ?? []).filter(\.prefetchPinned)
                 if !protected.isEmpty {
-                    for entry in protected { pool.unpin(entry); entry.prefetchPinned = false }
+                    protected.forEach(pool.dropPrefetchPin)
                     continue
                 }
                 guard pendingHead < pending.count else { throw ModelError("expert step of MoE layer \(layer) made no progress") }

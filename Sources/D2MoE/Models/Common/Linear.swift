@@ -82,8 +82,9 @@ struct Linear {
                        _ b: Linear, _ yb: UnsafeMutablePointer<Float>,
                        _ c: Linear? = nil, _ yc: UnsafeMutablePointer<Float>? = nil) {
         func packed(_ l: Linear?) -> PackedMWQ? { if case .mwq(let p)? = l?.storage { return p }; return nil }
+        let pc = packed(c)
         guard let pa = packed(a), let pb = packed(b), pb.view.group == pa.view.group, pb.view.cols == pa.view.cols,
-              c == nil || (packed(c)?.view.group == pa.view.group && packed(c)?.view.cols == pa.view.cols) else {
+              c == nil || (pc?.view.group == pa.view.group && pc?.view.cols == pa.view.cols) else {
             a(x, tokens: tokens, ya)
             b(x, tokens: tokens, yb)
             if let c, let yc { c(x, tokens: tokens, yc) }
@@ -93,7 +94,7 @@ struct Linear {
         withUnsafeTemporaryAllocation(of: MWQProduct.self, capacity: count) { list in
             list.initializeElement(at: 0, to: MWQProduct(pa.view, levels: pa.level, ya))
             list.initializeElement(at: 1, to: MWQProduct(pb.view, levels: pb.level, yb))
-            if let pc = packed(c), let yc { list.initializeElement(at: 2, to: MWQProduct(pc.view, levels: pc.level, yc)) }
+            if let pc, let yc { list.initializeElement(at: 2, to: MWQProduct(pc.view, levels: pc.level, yc)) }
             products(UnsafeBufferPointer(list), x, tokens: tokens)
             list.deinitialize()
         }

@@ -57,14 +57,13 @@ public final class TransformerModel: @unchecked Sendable {
     /// [decoder layer] → the next sparse block after it, for prefetching; after the last one, the
     /// first (of the next step: the I/O threads would otherwise idle from the last MoE layer's reads
     /// to the first one's, and with many sequences in a step most of its experts are needed again).
-    private lazy var nextMoE: [SparseMoE?] = layers.indices.map { l in
-        let sparse = layers.compactMap { if case .sparse(let m) = $0.ffn { return m } else { return nil } }
-        let own: Int? = if case .sparse(let m) = layers[l].ffn { m.moeLayer } else { nil }
-        let next = layers[(l + 1)...].lazy.compactMap { if case .sparse(let m) = $0.ffn { return m } else { return nil } }.first
-        if let next { return next }
-        guard let first = sparse.first, first.moeLayer != own else { return nil }
-        return first
-    }
+    private lazy var nextMoE: [SparseMoE?] = {
+        let sparse = layers.map { layer -> SparseMoE? in if case .sparse(let m) = layer.ffn { m } else { nil } }
+        let first = sparse.lazy.compactMap { $0 }.first
+        return layers.indices.map { l in
+            sparse[(l + 1)...].lazy.compactMap { $0 }.first ?? (first?.moeLayer == sparse[l]?.moeLayer ? nil : first)
+        }
+    }()
     private let lock = NSLock()
 
     init(info: ModelInfo, embeddings: DenseMatrix, embeddingScale: Float = 1, layers: [DecoderLayer],
