@@ -120,9 +120,6 @@ struct ModelBench: AsyncParsableCommand {
                 print("resident memory after load \(formatBytes(result.startResidentBytes)), peak during the run \(formatBytes(result.runPeakResidentBytes))\(result.peakReset ? "" : " (peak not resettable: includes loading)"), peak overall \(formatBytes(result.peakResidentBytes)) | KV cache \(formatBytes(result.kvCacheBytes))")
                 if let experts = result.experts {
                     print(experts.summary(perLayer: perLayer))
-                    let t = experts.total
-                    print(String(format: "pipeline efficiency: wall / max(I/O busy, compute busy) = %.2f",
-                                 t.wall / max(t.ioBusy, t.computeBusy, 1e-9)))
                 }
             }
         } catch {
@@ -145,6 +142,9 @@ struct KernelBench: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds per case.")
     var seconds: Double = 0.5
 
+    @Option(name: .long, help: "Matrix shape ROWSxCOLS, e.g. 49152x576 for SmolLM2's output head (COLS a multiple of the group).")
+    var shape: String = "2048x2048"
+
     @Option(name: .long, help: "Compute threads (default: the shared pool's).")
     var threads: Int?
 
@@ -152,10 +152,14 @@ struct KernelBench: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let result = KernelBenchmark.run(tokens: tokens, group: group, seconds: seconds,
+        let dims = shape.lowercased().split(separator: "x").compactMap { Int($0) }
+        guard dims.count == 2, dims[0] > 0, dims[1] > 0, dims[1] % group == 0, dims[1] % 32 == 0 else {
+            throw ValidationError("--shape must be ROWSxCOLS with COLS a multiple of the group (\(group)) and of 32; got '\(shape)'")
+        }
+        let result = KernelBenchmark.run(tokens: tokens, group: group, rows: dims[0], cols: dims[1], seconds: seconds,
                                          pool: threads.map { ComputePool(threadCount: $0) } ?? .shared)
         if json { printJSON(result); return }
-        print(String(format: "threads %d | measured read bandwidth %.1f GB/s", result.threads, result.readBandwidth / 1e9))
+        print(String(format: "threads %d | %@ | measured read bandwidth %.1f GB/s", result.threads, "\(dims[0])x\(dims[1])", result.readBandwidth / 1e9))
         print("kernel          bits/w  tokens    GB/s  of bandwidth  GMAC/s")
         for c in result.cases {
             let name = c.kernel == "mwq" ? "mwq b1=\(c.baseBits!) L\(c.level!)" : c.kernel

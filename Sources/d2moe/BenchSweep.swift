@@ -66,7 +66,7 @@ extension ModelBench {
             fail("matryoshka-free and the ablation's first step run on separate copies: give --copies FILE (synth or quantize --scheme mfree)")
         }
         if !json {
-            print("budget      policy            requests    pp t/s    tg t/s  RSS after load  run peak  expert MiB read/step  hit ratio per level | subst skip /token·layer")
+            print("budget      policy            requests    pp t/s    tg t/s  RSS after load  run peak  expert MiB read/step  hit ratio per level | subst skip /token·layer | pipeline eff. pp tg")
         }
         for budget in budgets {
             for config in configs {
@@ -137,7 +137,8 @@ extension ModelBench {
         let read = r.experts.map { Double($0.total.bytesRead) / 1_048_576 / Double(steps) } ?? 0
         let hits = r.experts.map { e in
             "[" + e.hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]"
-                + String(format: " | %.3f %.3f", e.perToken(e.total.misses.substituted), e.perToken(e.total.misses.skipped))
+                + String(format: " | %.3f %.3f | %.2f %.2f", e.perToken(e.total.misses.substituted), e.perToken(e.total.misses.skipped),
+                         e.promptSteps.efficiency, e.generationSteps.efficiency)
         } ?? "-"
         return row.budget.padding(toLength: 12, withPad: " ", startingAt: 0) + row.policy.padding(toLength: 16, withPad: " ", startingAt: 0)
             + String(format: "%10d %9.1f %9.2f %15@ %9@ %21.1f  %@", r.requests, r.promptTokensPerSecond, r.generationTokensPerSecond,
@@ -145,7 +146,7 @@ extension ModelBench {
     }
 
     static func writeCSV(_ rows: [SweepRow], to path: String) throws {
-        var text = "budget,policy,requests,budget_bytes,pp_tokens_per_s,tg_tokens_per_s,resident_after_load_bytes,run_peak_rss_bytes,kv_cache_bytes,expert_bytes_read,pieces_read,hit_ratio_per_level,average_bits,io_busy_s,compute_busy_s,wall_s,hit_ratio,bytes_read_per_token,substituted_per_token_layer,downgraded_per_token_layer,skipped_per_token_layer,prediction_accuracy\n"
+        var text = "budget,policy,requests,budget_bytes,pp_tokens_per_s,tg_tokens_per_s,resident_after_load_bytes,run_peak_rss_bytes,kv_cache_bytes,expert_bytes_read,pieces_read,hit_ratio_per_level,average_bits,io_busy_s,compute_busy_s,wall_s,hit_ratio,bytes_read_per_token,substituted_per_token_layer,downgraded_per_token_layer,skipped_per_token_layer,prediction_accuracy,prompt_step_efficiency,generation_step_efficiency,generation_step_io_busy_s,generation_step_compute_busy_s,generation_step_wall_s\n"
         for row in rows {
             let r = row.result, e = r.experts, t = e?.total
             let fields: [String] = [
@@ -160,6 +161,9 @@ extension ModelBench {
                 String(format: "%.4f", e.map { $0.perToken($0.total.misses.downgraded) } ?? 0),
                 String(format: "%.4f", e.map { $0.perToken($0.total.misses.skipped) } ?? 0),
                 String(format: "%.4f", e?.predictionAccuracy ?? 0),
+                String(format: "%.4f", e?.promptSteps.efficiency ?? 0), String(format: "%.4f", e?.generationSteps.efficiency ?? 0),
+                String(format: "%.4f", e?.generationSteps.ioBusy ?? 0), String(format: "%.4f", e?.generationSteps.computeBusy ?? 0),
+                String(format: "%.4f", e?.generationSteps.wall ?? 0),
             ]
             text += fields.joined(separator: ",") + "\n"
         }

@@ -67,6 +67,16 @@ struct ExpertStreamingTests {
                 let stats = backend.stats
                 #expect(stats.peakPoolBytes <= budget, "pool peak \(stats.peakPoolBytes) over budget \(budget)")
                 #expect(stats.evictions > 0, "a one-expert pool must evict")
+                // Evicted pieces' buffers take the next reads (same size or resized).
+                #expect(stats.buffersReused > 0 && stats.buffersReused + stats.buffersMapped == stats.total.piecesRead.reduce(0, +),
+                        "reused \(stats.buffersReused), mapped \(stats.buffersMapped), read \(stats.total.piecesRead)")
+                // One prompt step and four generation steps; a step's I/O busy and compute busy
+                // fit in its wall time, so the efficiency is at least 1.
+                #expect(stats.promptSteps.count == 1 && stats.generationSteps.count == 4)
+                for steps in [stats.promptSteps, stats.generationSteps] {
+                    #expect(steps.ioBusy <= steps.wall + 1e-6 && steps.computeBusy <= steps.wall + 1e-6 && steps.efficiency >= 1 - 1e-9,
+                            "steps: wall \(steps.wall), I/O \(steps.ioBusy), compute \(steps.computeBusy)")
+                }
                 let total = stats.total
                 #expect(total.bytesRead > 0 && total.piecesRead.reduce(0, +) > 0)
                 // Pieces needed = pieces read + pieces found; only levels up to `bits` are touched.

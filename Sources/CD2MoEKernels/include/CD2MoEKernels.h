@@ -70,3 +70,8 @@ void d2moe_q8_matmul_avx2(const void *w, long rows, long cols, const int8_t *xq,
 /// CRC-32 (IEEE 802.3, zlib's) of n bytes continuing from `crc` (0 to start), slicing by 8:
 /// eight table lookups per 8 bytes, so verifying an expert piece keeps up with the SSD.
 uint32_t d2moe_crc32(uint32_t crc, const void *bytes, size_t n);
+
+/// Resizes an anonymous mapping made with mmap, moving it if it must (Linux mremap with
+/// MREMAP_MAYMOVE): pages kept stay mapped, so only growth is faulted in. NULL where the system
+/// has no mremap or it fails; `p` is then still mapped at its old size.
+void *d2moe_remap(void *p, size_t old_size, size_t new_size);

@@ -51,6 +51,37 @@ public struct ExpertStreamStats: Codable, Sendable {
         }
     }
 
+    /// Whole forward passes (attention and output head included): the pipeline's efficiency is
+    /// judged per step, as wall ÷ max(I/O busy, compute busy) of the same step. Summing the
+    /// layers of all steps first would mix compute-bound prompt steps with I/O-bound generation
+    /// steps and count as bubbles what is only one resource waiting in another phase.
+    public struct Steps: Codable, Sendable {
+        public var count = 0
+        public var wall = 0.0
+        /// Time at least one read was in flight during the steps.
+        public var ioBusy = 0.0
+        /// Wall time less the time the compute thread waited for reads.
+        public var computeBusy = 0.0
+        /// Σ over steps of max(I/O busy, compute busy): the steps' time with perfect overlap.
+        public var bound = 0.0
+
+        /// Σ wall ÷ Σ max(I/O busy, compute busy); 1 is perfect overlap.
+        public var efficiency: Double { bound > 0 ? wall / bound : 0 }
+
+        mutating func add(wall: Double, ioBusy: Double, computeIdle: Double) {
+            let busy = max(0, wall - computeIdle)
+            count += 1
+            self.wall += wall
+            self.ioBusy += ioBusy
+            computeBusy += busy
+            bound += max(ioBusy, busy)
+        }
+    }
+
+    /// Steps that process several tokens of a sequence (prompts), and the others (generation).
+    public var promptSteps = Steps()
+    public var generationSteps = Steps()
+
     public var layers: [Layer]
     /// Bits of each level, for reading `expertTokens`.
     public var bits: [Int]
@@ -59,6 +90,9 @@ public struct ExpertStreamStats: Codable, Sendable {
     public var peakPoolBytes = 0
     public var poolBytes = 0
     public var evictions = 0
+    /// Reads into freshly mapped buffers, and into buffers of evicted pieces.
+    public var buffersMapped = 0
+    public var buffersReused = 0
     public var directIO: Bool
     public var eviction: String
     public var bitPolicy: String
@@ -129,7 +163,8 @@ public struct ExpertStreamStats: Codable, Sendable {
                    mib(budgetBytes), mib(peakPoolBytes), directIO ? "direct" : "buffered", eviction, bitPolicy, averageBits),
             String(format: "experts: read %@ in %d pieces %@, hit ratio per level %@, %d evictions",
                    mib(t.bytesRead), t.piecesRead.reduce(0, +), "\(t.piecesRead)",
-                   "[" + hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]", evictions),
+                   "[" + hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]", evictions)
+                + " (\(buffersReused) reads into their buffers, \(buffersMapped) into fresh ones)",
             "experts: prefetched \(t.prefetched) pieces, \(t.prefetchHits) of them used"
                 + (t.predictedSlots > 0 ? String(format: "; next-layer prediction accuracy %.3f", predictionAccuracy) : ""),
             String(format: "experts: per token per MoE layer %.3f substituted, %.3f downgraded, %.3f skipped; %@ read per token",
@@ -137,6 +172,10 @@ public struct ExpertStreamStats: Codable, Sendable {
                    mib(Int(bytesReadPerToken))),
             "experts: wall \(ms(t.wall)), I/O busy \(ms(t.ioBusy)) (idle \(ms(t.ioIdle))), compute busy \(ms(t.computeBusy)) (idle \(ms(t.computeIdle)))",
         ]
+        for (name, st) in [("prompt", promptSteps), ("generation", generationSteps)] where st.count > 0 {
+            lines.append(String(format: "experts: %@ steps %d, wall %@, I/O busy %@, compute busy %@: pipeline efficiency %.2f (Σ wall ÷ Σ max(I/O busy, compute busy) per step)",
+                                name, st.count, ms(st.wall), ms(st.ioBusy), ms(st.computeBusy), st.efficiency))
+        }
         if perLayer {
             for (i, l) in layers.enumerated() {
                 lines.append(String(format: "  layer %2d: read %@ %@ hits %@ | wall %.1f ms, I/O busy %.1f, compute busy %.1f, compute idle %.1f",

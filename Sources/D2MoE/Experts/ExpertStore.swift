@@ -201,9 +201,11 @@ final class ExpertStore: @unchecked Sendable {
 
 /// Page-aligned memory for one piece, mapped anonymously and unmapped on release, so the
 /// process's resident memory follows the pool's accounting (malloc would keep freed blocks).
+/// The pool recycles a buffer for later pieces (resizing it if it must), which spares the page
+/// faults and zeroing of fresh pages.
 final class PieceBuffer: @unchecked Sendable {
-    let base: UnsafeMutableRawPointer
-    let byteCount: Int
+    private(set) var base: UnsafeMutableRawPointer
+    private(set) var byteCount: Int
 
     init(byteCount: Int) throws {
         let size = max(byteCount, 1)
@@ -212,6 +214,23 @@ final class PieceBuffer: @unchecked Sendable {
         }
         base = p
         self.byteCount = size
+    }
+
+    /// Makes the buffer `newSize` bytes, keeping the pages both sizes share where the system can;
+    /// its contents are not preserved otherwise. Only for a buffer no piece uses.
+    func resize(to newSize: Int) throws {
+        let size = max(newSize, 1)
+        guard size != byteCount else { return }
+        if let p = Pages.remap(base, oldSize: byteCount, newSize: size) {
+            base = p
+        } else {
+            guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+                throw ModelError("cannot allocate \(size) bytes for an expert piece (\(String(cString: strerror(errno))))")
+            }
+            munmap(base, byteCount)
+            base = p
+        }
+        byteCount = size
     }
 
     deinit { munmap(base, byteCount) }

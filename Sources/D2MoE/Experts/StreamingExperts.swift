@@ -78,6 +78,8 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         s.peakPoolBytes = pool.peakUsed
         s.poolBytes = pool.residentBytes
         s.evictions = pool.evictions
+        s.buffersMapped = pool.buffersMapped
+        s.buffersReused = pool.buffersReused
         pool.lock.unlock()
         return s
     }
@@ -87,6 +89,30 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         statsStorage = ExpertStreamStats(layers: statsStorage.layers.count, bits: statsStorage.bits, budget: statsStorage.budgetBytes,
                                          directIO: statsStorage.directIO, eviction: statsStorage.eviction, bitPolicy: statsStorage.bitPolicy)
         statsLock.unlock()
+    }
+
+    // The current forward pass: when it began, the pool's I/O busy time then, and the time its
+    // compute thread has waited for reads. Compute thread only.
+    private var stepStart: UInt64 = 0, stepIOStart: UInt64 = 0, stepIdle: UInt64 = 0
+
+    public func stepBegan() {
+        stepStart = DispatchTime.now().uptimeNanoseconds
+        stepIOStart = pool.ioBusyNanoseconds()
+        stepIdle = 0
+    }
+
+    public func stepEnded(prompt: Bool) {
+        guard stepStart > 0 else { return }
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
+        let io = Double(pool.ioBusyNanoseconds() - stepIOStart) / 1e9
+        statsLock.lock()
+        if prompt {
+            statsStorage.promptSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9)
+        } else {
+            statsStorage.generationSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9)
+        }
+        statsLock.unlock()
+        stepStart = 0
     }
 
     /// Bytes the pool holds now (its own accounting).
@@ -132,7 +158,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         while i < plan.count {
             let keys = plan[i].filter { pool.entries[$0] == nil }
             if !keys.isEmpty {
-                guard pool.reserve(keys.reduce(0) { $0 + store.allocationBytes($1) }) else { break }
+                guard pool.reserve(keys) else { break }
                 for key in keys {
                     let entry = try pool.startLoad(key)
                     entry.prefetched = true
@@ -301,8 +327,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
                     absent.append(k)
                 }
             }
-            let bytes = absent.reduce(0) { $0 + store.allocationBytes(PieceKey(layer: layer, expert: e, level: $1)) }
-            guard pool.reserve(bytes) else {
+            guard pool.reserve(absent.map { PieceKey(layer: layer, expert: e, level: $0) }) else {
                 for case let entry? in held { pool.unpin(entry) }
                 return false
             }
@@ -393,6 +418,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         }
         layerStats.computeBusy = Double(computeBusy) / 1e9
         layerStats.computeIdle = Double(computeIdle) / 1e9
+        stepIdle += computeIdle
         layerStats.wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         statsLock.lock()
         statsStorage.layers[layer].add(layerStats)

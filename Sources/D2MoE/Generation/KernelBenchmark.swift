@@ -4,7 +4,7 @@ import D2MoEKernels
 /// Weight bytes per second of each product kernel, as a fraction of the read bandwidth measured in
 /// the same run (issue 5's kernel target: matrix-vector at 4 bits ≥ 70% with both cores).
 ///
-/// Each case cycles through enough matrices (2048 × 2048, random tiles with unit scales) that
+/// Each case cycles through enough matrices (rows × cols, 2048 × 2048 by default; random tiles with unit scales) that
 /// the bytes it reads are several times the last-level cache, so every product streams its
 /// weights from memory as a decode step does. A product's time includes preparing its input.
 public enum KernelBenchmark {
@@ -32,9 +32,9 @@ public enum KernelBenchmark {
 
     /// MWQ at base `b1` and levels 1…`levels`: the V1 preset {2,3,4}, V2 {5,…,8} and RTN-4; dense
     /// Q8_0, float16 and float32 for comparison; each at every batch size in `tokens`.
-    public static func run(tokens: [Int] = [1, 8], group: Int = 128, seconds: Double = 0.5,
-                           pool: ComputePool = .shared) -> Result {
-        let rows = 2048, cols = 2048, target = 256 << 20
+    public static func run(tokens: [Int] = [1, 8], group: Int = 128, rows: Int = 2048, cols: Int = 2048,
+                           seconds: Double = 0.5, pool: ComputePool = .shared) -> Result {
+        let target = 256 << 20
         let bandwidth = MemoryBandwidth.measureRead(pool: pool)
         var cases: [Case] = []
         for (b1, levels) in [(2, 3), (5, 4), (4, 1)] {

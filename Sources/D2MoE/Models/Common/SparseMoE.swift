@@ -48,12 +48,18 @@ public protocol ExpertBackend: AnyObject {
     var wantsPrefetch: Bool { get }
     /// `routes`: the next MoE layer `layer`'s router applied to the current layer's input.
     func schedulePrefetch(layer: Int, routes: ExpertRoutes)
+    /// A forward pass begins; it ends with `stepEnded` unless it throws.
+    func stepBegan()
+    /// The forward pass ended; `prompt`: it processed several tokens of some sequence.
+    func stepEnded(prompt: Bool)
 }
 
 extension ExpertBackend {
     /// Resident backends have nothing to read ahead.
     public var wantsPrefetch: Bool { false }
     public func schedulePrefetch(layer: Int, routes: ExpertRoutes) {}
+    public func stepBegan() {}
+    public func stepEnded(prompt: Bool) {}
 }
 
 /// Sees (and may replace) the experts the router chose: trace replay and trace recording.

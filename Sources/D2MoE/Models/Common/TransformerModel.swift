@@ -124,6 +124,7 @@ public final class TransformerModel: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         try validate(batch, caches: caches)
+        experts?.stepBegan()
         let tokens = batch.count
         let hidden = info.hiddenSize
         let x = scratch.floats(.hidden, tokens * hidden)
@@ -180,12 +181,14 @@ public final class TransformerModel: @unchecked Sendable {
             (xn + wanted * hidden).update(from: x + t * hidden, count: hidden)
             wanted += 1
         }
-        guard wanted > 0 else { return }
-        finalNorm(xn, tokens: wanted, xn)
-        Kernels.matmul(lmHead, xn, tokens: wanted, logits, pool: pool)
-        if let c = finalSoftcap {
-            for i in 0..<(wanted * info.vocabularySize) { logits[i] = c * Foundation.tanh(logits[i] / c) }
+        if wanted > 0 {
+            finalNorm(xn, tokens: wanted, xn)
+            Kernels.matmul(lmHead, xn, tokens: wanted, logits, pool: pool)
+            if let c = finalSoftcap {
+                for i in 0..<(wanted * info.vocabularySize) { logits[i] = c * Foundation.tanh(logits[i] / c) }
+            }
         }
+        if let experts { experts.stepEnded(prompt: Set(batch.map(\.sequence)).count < batch.count) }
     }
 
     /// Convenience for tests and tools: the logits of every token wanting them, as arrays.
