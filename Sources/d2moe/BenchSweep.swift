@@ -24,8 +24,8 @@ struct SweepConfig: Sendable {
     static let ablation: [SweepConfig] = [
         SweepConfig(name: "abl:copies", policy: "matryoshka-free", copies: true),
         SweepConfig(name: "abl:+mwq", policy: nil) { onDemand(&$0) },
-        SweepConfig(name: "abl:+hebf", policy: nil) { onDemand(&$0); $0.order = .hebf; $0.eviction = "layer" },
-        SweepConfig(name: "abl:+resid", policy: nil) { onDemand(&$0); $0.order = .hebf; $0.eviction = "layer"; $0.lowLevelShare = 0.5 },
+        SweepConfig(name: "abl:+hebf", policy: nil) { onDemand(&$0); $0.order = .hebf; $0.eviction = "reuse" },
+        SweepConfig(name: "abl:+resid", policy: nil) { onDemand(&$0); $0.order = .hebf; $0.eviction = "reuse"; $0.lowLevelShare = 0.5 },
         SweepConfig(name: "abl:+prefetch", policy: "d2moe"),
     ]
 

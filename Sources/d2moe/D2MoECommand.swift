@@ -39,7 +39,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "With --memory-budget: reads in flight at once.")
     var ioThreads: Int = 4
 
-    @Option(name: .long, help: "With --memory-budget: which resident piece to drop for room: layer (the paper's rule: the layer just computed first, high levels before low), lru, lfu.")
+    @Option(name: .long, help: "With --memory-budget: which resident piece to drop for room: layer (the paper's rule: the layer just computed first, high levels before low), reuse (the piece whose next use is expected farthest away: the paper's rule weighted by how often each piece's layer steps need it), lru, lfu, score, hobbit.")
     var eviction: String = "layer"
 
     @Option(name: .long, help: "For .mwq files: the level of each (token, expert): uniform (every expert at --bits), router (the trained bit-width routers of d2moe train-router; see --bits-bias, --target-bits), gate (HOBBIT's rule: by the expert's share of the token's gate scores, see --gate-thresholds) or, with --memory-budget, static (one bit-width per expert from --expert-bits). A dense model's FFNs count as one expert per layer.")

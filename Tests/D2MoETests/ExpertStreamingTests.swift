@@ -57,7 +57,7 @@ struct ExpertStreamingTests {
             let resident = try Self.logits(try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16, bits: bits)))
             let (_, probe) = try Self.streamed(path, budget: .fraction(1))
             let budget = Self.oneExpert(probe)
-            for (eviction, direct) in [("layer", true), ("lru", false), ("lfu", true)] {
+            for (eviction, direct) in [("layer", true), ("reuse", false), ("lru", false), ("lfu", true)] {
                 let (model, backend) = try Self.streamed(path, budget: .bytes(budget), bits: bits) {
                     $0.eviction = eviction
                     $0.directIO = direct

@@ -145,6 +145,27 @@ struct ImportanceSchedulingTests {
         #expect(HobbitEviction().victim(among: d, currentLayer: 0, layerCount: 4) == 1)
     }
 
+    @Test func reuseEvictionIsTheLayerRuleUntilNeedsDiffer() {
+        // Layer 3 ran last (current 0 of 4): both rules drop its high level first, then its base.
+        var c = [Self.usage(layer: 1, expert: 0, level: 1, lastUse: 4, uses: 1),
+                 Self.usage(layer: 3, expert: 1, level: 1, lastUse: 9, uses: 1),
+                 Self.usage(layer: 3, expert: 1, level: 2, lastUse: 9, uses: 1),
+                 Self.usage(layer: 2, expert: 2, level: 1, lastUse: 2, uses: 1)]
+        #expect(LayerDistanceEviction().victim(among: c, currentLayer: 0, layerCount: 4) == 2)
+        #expect(ReuseDistanceEviction().victim(among: c, currentLayer: 0, layerCount: 4) == 2)
+        #expect(ReuseDistanceEviction().victim(among: Array(c[0...1]) + [c[3]], currentLayer: 0, layerCount: 4) == 1)
+        // Layer 3's expert is needed every step, layer 1's expert 0 one step in ten: 1 + 4·9 = 37
+        // layers away against 3, so it goes first; the layer rule still drops layer 3's.
+        c[0].needRate = 0.1
+        for i in 1...3 { c[i].needRate = 1 }
+        #expect(ReuseDistanceEviction().victim(among: c, currentLayer: 0, layerCount: 4) == 0)
+        #expect(LayerDistanceEviction().victim(among: c, currentLayer: 0, layerCount: 4) == 2)
+        // Half the steps: 2 + 4·1 = 6 for layer 2's expert against 3 + 0 for layer 3's.
+        c[0].needRate = 1
+        c[3].needRate = 0.5
+        #expect(ReuseDistanceEviction().victim(among: c, currentLayer: 0, layerCount: 4) == 3)
+    }
+
     @Test func alphaFitPicksTheSmallestAlphaMeetingTheTarget() {
         let candidates = [0, 0.1, 0.2, 0.3, 0.4]
         let measured = Dictionary(uniqueKeysWithValues: candidates.map { ($0, 50 - 40 * $0) })  // 50 → 34 ms

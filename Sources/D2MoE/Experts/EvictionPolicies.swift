@@ -16,6 +16,9 @@ public struct PieceUsage: Sendable {
     public var score: Float = 0
     /// True while the expert is chosen in the MoE layer being computed.
     public var shielded = false
+    /// How often the piece's layer steps need it: a moving average of 1 (needed) and 0 (not)
+    /// over its layer's recent steps, 1 until seen (policies that do not ask see 1).
+    public var needRate: Float = 1
 
     public init(key: PieceKey, bytes: Int, lastUse: UInt64, uses: Int) {
         self.key = key
@@ -34,10 +37,13 @@ public protocol EvictionPolicy: Sendable {
     func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int
     /// How many of each layer's recent steps of gate scores the pool keeps per expert (0: none).
     var scoreWindow: Int { get }
+    /// Whether the pool keeps each piece's `needRate`.
+    var wantsNeedRates: Bool { get }
 }
 
 extension EvictionPolicy {
     public var scoreWindow: Int { 0 }
+    public var wantsNeedRates: Bool { false }
 }
 
 /// MoE layers until `layer` runs again when `current` is being computed (0: the current one).
@@ -58,6 +64,33 @@ public struct LayerDistanceEviction: EvictionPolicy {
         }
         var best = 0
         for i in 1..<candidates.count where rank(candidates[i]) > rank(candidates[best]) { best = i }
+        return best
+    }
+}
+
+/// The layer rule with each piece's chance of being needed: the piece whose next use is expected
+/// farthest away goes first. A piece needed in a fraction p of its layer's steps is next used,
+/// on average, d + n·(1 − p)/p MoE layers from now (d: layers until its layer runs, n: MoE
+/// layers). With many sequences every expert's base is needed every step (p = 1) and this is the
+/// paper's rule; with one sequence the experts it keeps choosing stay and those it stopped
+/// choosing go first, wherever their layer is (the paper's rule drops the layer just computed,
+/// hot experts included, before anything else). Equal expectations: higher level, then LRU.
+public struct ReuseDistanceEviction: EvictionPolicy {
+    public init() {}
+    public var name: String { "reuse" }
+    public var wantsNeedRates: Bool { true }
+    public func victim(among candidates: [PieceUsage], currentLayer: Int, layerCount: Int) -> Int {
+        let n = Float(max(layerCount, 1))
+        func rank(_ u: PieceUsage) -> (Float, Int, UInt64) {
+            let p = max(u.needRate, 1e-3)
+            let distance = Float(layersUntil(u.key.layer, current: currentLayer, layerCount: layerCount)) + n * (1 - p) / p
+            return (distance, u.key.level, UInt64.max - u.lastUse)
+        }
+        var best = 0, bestRank = rank(candidates[0])
+        for i in 1..<candidates.count {
+            let r = rank(candidates[i])
+            if r > bestRank { best = i; bestRank = r }
+        }
         return best
     }
 }
@@ -147,10 +180,11 @@ public struct HobbitEviction: EvictionPolicy {
 
 /// The eviction policies by `--eviction` name.
 public enum EvictionPolicies {
-    public static let names = ["layer", "lru", "lfu", "score", "hobbit"]
+    public static let names = ["layer", "reuse", "lru", "lfu", "score", "hobbit"]
     public static func named(_ name: String, scoreWindow: Int = 8) throws -> EvictionPolicy {
         switch name {
         case "layer": return LayerDistanceEviction()
+        case "reuse": return ReuseDistanceEviction()
         case "lru": return LRUEviction()
         case "lfu": return LFUEviction()
         case "score": return ScoreEviction(window: scoreWindow)

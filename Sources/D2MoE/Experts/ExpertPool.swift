@@ -62,6 +62,9 @@ final class ExpertPool: @unchecked Sendable {
     private var queue: [Entry?] = []
     private var queueHead = 0
     private var inFlight = 0
+    /// ∫ reads in flight dt (ns), and when `inFlight` last changed: the mean queue depth.
+    private var depthTotal: UInt64 = 0
+    private var depthChanged: UInt64 = 0
     private var ioIntervalStart = DispatchTime.now().uptimeNanoseconds
     private var ioBusyTotal: UInt64 = 0
     private var stopped = false
@@ -151,6 +154,32 @@ final class ExpertPool: @unchecked Sendable {
         scoreSteps[layer] += 1
     }
 
+    // Per piece (layer, expert, level), for `needRate` policies: a moving average of whether
+    // its layer's steps needed it.
+    private var needRates: [Float] = []
+    /// Weight of the latest step in a need rate: a piece unneeded for 4 steps falls to 0.32.
+    static let needRateWeight: Float = 0.25
+
+    /// Records which pieces step `layer` needs: `wanted[e]`, the levels expert e reads (empty if
+    /// none).
+    func recordNeeds(layer: Int, wanted: [[Int]]) {
+        guard eviction.wantsNeedRates else { return }
+        let experts = store.expertCount, levels = store.levels
+        if needRates.isEmpty { needRates = Array(repeating: 1, count: layerCount * experts * levels) }
+        for e in 0..<min(experts, wanted.count) {
+            let base = (layer * experts + e) * levels
+            for k in 1...levels {
+                let x: Float = wanted[e].contains(k) ? 1 : 0
+                needRates[base + k - 1] += Self.needRateWeight * (x - needRates[base + k - 1])
+            }
+        }
+    }
+
+    private func needRate(_ key: PieceKey) -> Float {
+        guard !needRates.isEmpty else { return 1 }
+        return needRates[(key.layer * store.expertCount + key.expert) * store.levels + key.level - 1]
+    }
+
     /// The expert's mean gate score over its layer's recorded steps (at most the window).
     func averageScore(layer: Int, expert: Int) -> Float {
         guard !scoreRing.isEmpty else { return 0 }
@@ -188,10 +217,11 @@ final class ExpertPool: @unchecked Sendable {
                 let upper = candidates.filter { $0.key.level > 1 }
                 if !upper.isEmpty { candidates = upper }
             }
-            let scored = eviction.scoreWindow > 0
+            let scored = eviction.scoreWindow > 0, rated = eviction.wantsNeedRates
             let usages = candidates.map { c -> PieceUsage in
                 var u = c.usage
                 if scored { u.score = averageScore(layer: u.key.layer, expert: u.key.expert) }
+                if rated { u.needRate = needRate(u.key) }
                 u.shielded = u.key.layer == currentLayer && shielded.contains(u.key.expert)
                 return u
             }
@@ -340,6 +370,14 @@ final class ExpertPool: @unchecked Sendable {
         return ioBusyTotal + (inFlight > 0 ? DispatchTime.now().uptimeNanoseconds - ioIntervalStart : 0)
     }
 
+    /// ∫ reads in flight dt so far, in nanoseconds: divided by the busy time, the mean number of
+    /// reads in flight while any is.
+    func ioDepthNanoseconds() -> UInt64 {
+        ioQueue.lock()
+        defer { ioQueue.unlock() }
+        return depthTotal + UInt64(inFlight) * (inFlight > 0 ? DispatchTime.now().uptimeNanoseconds - depthChanged : 0)
+    }
+
     var residentBytes: Int { used }
 
     // MARK: I/O threads
@@ -356,7 +394,9 @@ final class ExpertPool: @unchecked Sendable {
                 queue.removeFirst(queueHead)
                 queueHead = 0
             }
-            if inFlight == 0 { ioIntervalStart = DispatchTime.now().uptimeNanoseconds }
+            let started = DispatchTime.now().uptimeNanoseconds
+            if inFlight == 0 { ioIntervalStart = started } else { depthTotal += UInt64(inFlight) * (started - depthChanged) }
+            depthChanged = started
             inFlight += 1
             ioQueue.unlock()
             let result = Result { try store.read(e.key, into: e.buffer) }
@@ -373,8 +413,11 @@ final class ExpertPool: @unchecked Sendable {
             ioDone.broadcast()
             ioDone.unlock()
             ioQueue.lock()
+            let ended = DispatchTime.now().uptimeNanoseconds
+            depthTotal += UInt64(inFlight) * (ended - depthChanged)
+            depthChanged = ended
             inFlight -= 1
-            if inFlight == 0 { ioBusyTotal += DispatchTime.now().uptimeNanoseconds - ioIntervalStart }
+            if inFlight == 0 { ioBusyTotal += ended - ioIntervalStart }
         }
         ioQueue.unlock()
     }

@@ -64,13 +64,17 @@ public struct ExpertStreamStats: Codable, Sendable {
         public var computeBusy = 0.0
         /// Σ over steps of max(I/O busy, compute busy): the steps' time with perfect overlap.
         public var bound = 0.0
+        /// ∫ reads in flight dt: ÷ ioBusy, the mean number in flight while any is.
+        public var ioDepthTime = 0.0
+        public var meanReadsInFlight: Double { ioBusy > 0 ? ioDepthTime / ioBusy : 0 }
 
         /// Σ wall ÷ Σ max(I/O busy, compute busy); 1 is perfect overlap.
         public var efficiency: Double { bound > 0 ? wall / bound : 0 }
 
-        mutating func add(wall: Double, ioBusy: Double, computeIdle: Double) {
+        mutating func add(wall: Double, ioBusy: Double, computeIdle: Double, ioDepthTime: Double) {
             let busy = max(0, wall - computeIdle)
             count += 1
+            self.ioDepthTime += ioDepthTime
             self.wall += wall
             self.ioBusy += ioBusy
             computeBusy += busy
@@ -173,8 +177,8 @@ public struct ExpertStreamStats: Codable, Sendable {
             "experts: wall \(ms(t.wall)), I/O busy \(ms(t.ioBusy)) (idle \(ms(t.ioIdle))), compute busy \(ms(t.computeBusy)) (idle \(ms(t.computeIdle)))",
         ]
         for (name, st) in [("prompt", promptSteps), ("generation", generationSteps)] where st.count > 0 {
-            lines.append(String(format: "experts: %@ steps %d, wall %@, I/O busy %@, compute busy %@: pipeline efficiency %.2f (Σ wall ÷ Σ max(I/O busy, compute busy) per step)",
-                                name, st.count, ms(st.wall), ms(st.ioBusy), ms(st.computeBusy), st.efficiency))
+            lines.append(String(format: "experts: %@ steps %d, wall %@, I/O busy %@ (%.1f reads in flight), compute busy %@: pipeline efficiency %.2f (Σ wall ÷ Σ max(I/O busy, compute busy) per step)",
+                                name, st.count, ms(st.wall), ms(st.ioBusy), st.meanReadsInFlight, ms(st.computeBusy), st.efficiency))
         }
         if perLayer {
             for (i, l) in layers.enumerated() {

@@ -93,23 +93,26 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
 
     // The current forward pass: when it began, the pool's I/O busy time then, and the time its
     // compute thread has waited for reads. Compute thread only.
-    private var stepStart: UInt64 = 0, stepIOStart: UInt64 = 0, stepIdle: UInt64 = 0
+    private var stepStart: UInt64 = 0, stepIOStart: UInt64 = 0, stepDepthStart: UInt64 = 0, stepIdle: UInt64 = 0
 
     public func stepBegan() {
         stepStart = DispatchTime.now().uptimeNanoseconds
         stepIOStart = pool.ioBusyNanoseconds()
+        stepDepthStart = pool.ioDepthNanoseconds()
         stepIdle = 0
     }
 
     public func stepEnded(prompt: Bool) {
         guard stepStart > 0 else { return }
-        let wall = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
+        // I/O first: its interval then lies within the step's (begun after it, ended before it).
         let io = Double(pool.ioBusyNanoseconds() - stepIOStart) / 1e9
+        let depth = Double(pool.ioDepthNanoseconds() - stepDepthStart) / 1e9
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
         statsLock.lock()
         if prompt {
-            statsStorage.promptSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9)
+            statsStorage.promptSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9, ioDepthTime: depth)
         } else {
-            statsStorage.generationSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9)
+            statsStorage.generationSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9, ioDepthTime: depth)
         }
         statsLock.unlock()
         stepStart = 0
@@ -247,6 +250,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         pool.lock.lock()
         pool.currentLayer = layer
         pool.shielded = Set(experts)
+        pool.recordNeeds(layer: layer, wanted: wanted)
         // Prefetched pieces this step does not read were mispredicted: their protection ends now,
         // so that they cannot hold budget the step's own pieces need.
         for entry in prefetchPins[layer] ?? [] where !wanted[entry.key.expert].contains(entry.key.level) {

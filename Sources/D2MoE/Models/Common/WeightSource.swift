@@ -96,7 +96,7 @@ public struct ExpertStreaming: Sendable {
 
     /// The engine's configurations of DESIGN §3.6 that stream experts, by `--policy` name.
     public static let policies = [
-        ("d2moe", "HEBF load order, the paper's eviction rule, base levels kept in half the budget, next-layer prefetch; bit-widths from --bit-policy"),
+        ("d2moe", "HEBF load order, the paper's eviction rule weighted by how often each piece is needed (--eviction reuse), base levels kept in half the budget, next-layer prefetch; bit-widths from --bit-policy"),
         ("moqe-dynaio", "one uniform bit-width (--bits), experts read on demand in id order, LRU eviction, no prefetch"),
         ("matryoshka-free", "separate INT2/3/4 copies (a file quantized or synthesized with --scheme mfree), bit-widths from --bit-policy, each read whole on demand in id order, LRU eviction, no prefetch"),
         ("edgemoe", "static per-expert bit-widths by importance on calibration data (--expert-bits FILE from d2moe calibrate-bits), read on demand in id order, LRU eviction, next-layer preload"),
@@ -112,7 +112,7 @@ public struct ExpertStreaming: Sendable {
         policy = name
         switch name {
         case "d2moe":
-            order = .hebf; eviction = "layer"; lowLevelShare = 0.5; prefetch = true
+            order = .hebf; eviction = "reuse"; lowLevelShare = 0.5; prefetch = true
         case "moqe-dynaio":
             order = .expertID; eviction = "lru"; lowLevelShare = 0; prefetch = false; bitPolicy = "uniform"
         case "matryoshka-free":
