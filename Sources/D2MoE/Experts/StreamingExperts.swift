@@ -109,11 +109,8 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         let depth = Double(pool.ioDepthNanoseconds() - stepDepthStart) / 1e9
         let wall = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
         statsLock.lock()
-        if prompt {
-            statsStorage.promptSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9, ioDepthTime: depth)
-        } else {
-            statsStorage.generationSteps.add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9, ioDepthTime: depth)
-        }
+        let steps: WritableKeyPath<ExpertStreamStats, ExpertStreamStats.Steps> = prompt ? \.promptSteps : \.generationSteps
+        statsStorage[keyPath: steps].add(wall: wall, ioBusy: io, computeIdle: Double(stepIdle) / 1e9, ioDepthTime: depth)
         statsLock.unlock()
         stepStart = 0
     }

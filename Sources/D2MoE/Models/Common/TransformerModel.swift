@@ -125,6 +125,8 @@ public final class TransformerModel: @unchecked Sendable {
         defer { lock.unlock() }
         try validate(batch, caches: caches)
         experts?.stepBegan()
+        // A prompt step holds several tokens of a sequence: some token past its cache's next position.
+        let promptStep = batch.contains { $0.position > caches[$0.sequence].count }
         let tokens = batch.count
         let hidden = info.hiddenSize
         let x = scratch.floats(.hidden, tokens * hidden)
@@ -188,7 +190,7 @@ public final class TransformerModel: @unchecked Sendable {
                 for i in 0..<(wanted * info.vocabularySize) { logits[i] = c * Foundation.tanh(logits[i] / c) }
             }
         }
-        if let experts { experts.stepEnded(prompt: Set(batch.map(\.sequence)).count < batch.count) }
+        experts?.stepEnded(prompt: promptStep)
     }
 
     /// Convenience for tests and tools: the logits of every token wanting them, as arrays.
