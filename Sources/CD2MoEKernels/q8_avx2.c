@@ -34,14 +34,25 @@ INLINE void rows_token(const uint8_t *w, long row_bytes, long blocks, const int8
                        const int NR) {
     __m256 acc[4];
     for (int i = 0; i < NR; i++) acc[i] = _mm256_setzero_ps();
+    // Rows of up to a few KiB (SmolLM2's output head: 576 columns, 612 bytes) make the NR rows one
+    // short stretch read in an interleaved order the hardware prefetcher follows poorly; asking
+    // for the bytes 8 KiB past the stretch's read position, three lines per block (NR·34 bytes
+    // are used), keeps reads in flight. Measured on two cores, old → new GB/s: 49152x576 12-17 →
+    // 21-25, 16384x1536 11-14 → 23-37, 12288x2304 15-23 → 33-40. Long rows are separate streams,
+    // each asked ahead on its own.
+    const int linear = NR * row_bytes <= 12288;
     for (long b = 0; b < blocks; b++) {
         __m256i x = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
         const float dx = xs[b];
+        if (linear) {
+            const char *p = (const char *)w + 8192 + 34 * NR * b;
+            _mm_prefetch(p, _MM_HINT_T0);
+            _mm_prefetch(p + 64, _MM_HINT_T0);
+            _mm_prefetch(p + 128, _MM_HINT_T0);
+        }
         for (int i = 0; i < NR; i++) {
             const uint8_t *block = w + i * row_bytes + 34 * b;
-            // Four rows are four streams; asking ahead keeps more reads in flight than the hardware
-            // prefetcher does alone.
-            _mm_prefetch((const char *)(block + 34 * 16), _MM_HINT_T0);
+            if (!linear) _mm_prefetch((const char *)(block + 34 * 16), _MM_HINT_T0);
             __m256 d = _mm256_set1_ps(block_scale(block) * dx);
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot(block, x)), d, acc[i]);
         }
