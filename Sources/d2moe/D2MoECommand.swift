@@ -69,6 +69,9 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .long, help: "With --memory-budget: read the next MoE layer's likely experts (its router applied to the current hidden state) while this layer computes; they stay protected until used.")
     var prefetch = false
 
+    @Option(name: .long, help: "With prefetching: withhold a layer's prefetch while its prediction has been right less often than this share of the chosen experts (averaged over recent steps; scored even when withheld); 0 always prefetches.")
+    var prefetchMinAccuracy: Double = 0.5
+
     @Option(name: .long, help: "With --policy smoe: chosen experts scoring below (1+α)·S (S: the (k+1)-th highest gate score) may be substituted when missing; 0 substitutes nothing.")
     var alpha: Double = 0.2
 
@@ -163,6 +166,8 @@ extension ModelOptions {
         guard let order = LoadOrder(rawValue: loadOrder) else { throw ValidationError("--load-order must be hebf or id, got '\(loadOrder)'") }
         s.order = order
         s.prefetch = prefetch
+        guard (0...1).contains(prefetchMinAccuracy) else { throw ValidationError("--prefetch-min-accuracy must be in [0, 1], got \(prefetchMinAccuracy)") }
+        s.prefetchMinAccuracy = prefetchMinAccuracy
         if let policy {
             do { try s.apply(policy: policy) } catch { throw ValidationError(String(describing: error)) }
         }

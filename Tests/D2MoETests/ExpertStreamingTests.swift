@@ -93,15 +93,42 @@ struct ExpertStreamingTests {
         let resident = try Self.logits(try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16, bits: 3)))
         let (_, probe) = try Self.streamed(path, budget: .fraction(1))
         let budget = 5 * Self.oneExpert(probe)
-        let (model, backend) = try Self.streamed(path, budget: .bytes(budget), bits: 3) { $0.prefetch = true }
+        let (model, backend) = try Self.streamed(path, budget: .bytes(budget), bits: 3) { $0.prefetch = true; $0.prefetchMinAccuracy = 0 }
         #expect(try Self.logits(model) == resident)
         let stats = backend.stats
+        #expect(stats.total.prefetchWithheld == 0)
         #expect(stats.peakPoolBytes <= budget)
         #expect(stats.total.prefetched > 0 && stats.total.prefetchHits > 0, "prefetched \(stats.total.prefetched), used \(stats.total.prefetchHits)")
         #expect(stats.total.prefetchHits <= stats.total.prefetched)
         // The first MoE layer is read ahead too, during the last one of the step before.
         #expect(stats.layers.count > 1 && stats.layers[0].prefetched > 0 && stats.layers[0].prefetchHits > 0,
                 "first MoE layer: prefetched \(stats.layers[0].prefetched), used \(stats.layers[0].prefetchHits)")
+    }
+
+    /// A layer whose next-layer prediction has been right less often than the minimum is not
+    /// read ahead (its prediction is still scored); the logits do not change.
+    @Test func prefetchIsWithheldWhileItsPredictionsMiss() throws {
+        let path = try Self.converted("olmoe")
+        let resident = try Self.logits(try ModelLoader.loadModel(path: path, options: LoadOptions(contextLength: 16, bits: 3)))
+        let (_, probe) = try Self.streamed(path, budget: .fraction(1))
+        let budget = 5 * Self.oneExpert(probe)
+        var runs: [ExpertStreamStats] = []
+        // 0: always; above 1: never once a layer's prediction has been scored.
+        for minimum: Float in [0, 1.01] {
+            let (model, backend) = try Self.streamed(path, budget: .bytes(budget), bits: 3) { $0.prefetch = true }
+            backend.prefetchMinAccuracy = minimum
+            #expect(try Self.logits(model) == resident, "minimum accuracy \(minimum): logits differ")
+            runs.append(backend.stats)
+            #expect(backend.stats.peakPoolBytes <= budget)
+        }
+        let (always, gated) = (runs[0].total, runs[1].total)
+        #expect(always.prefetchWithheld == 0 && gated.prefetchWithheld > 0, "withheld \(always.prefetchWithheld) / \(gated.prefetchWithheld)")
+        #expect(gated.prefetched < always.prefetched, "prefetched \(gated.prefetched) with the gate, \(always.prefetched) without")
+        // Scored either way: the same routes, so the same accuracy.
+        #expect(gated.predictedSlots == always.predictedSlots && gated.predictedHits == always.predictedHits)
+        // Steps after every layer was scored prefetch nothing: at most the first two steps did.
+        let layers = runs[1].layers.count
+        #expect(gated.prefetchWithheld >= 3 * layers, "withheld in \(gated.prefetchWithheld) layer steps of \(5 * layers)")
     }
 
     /// A streaming model that has run (with and without prefetch) is freed with its pool and

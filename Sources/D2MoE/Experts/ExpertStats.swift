@@ -31,6 +31,9 @@ public struct ExpertStreamStats: Codable, Sendable {
         /// experts were among the chosen ones (the next-layer prediction's accuracy).
         public var predictedSlots = 0
         public var predictedHits = 0
+        /// Steps of this layer whose prefetch was withheld because the prediction had been
+        /// right less often than `--prefetch-min-accuracy`.
+        public var prefetchWithheld = 0
 
         init(levels: Int) {
             piecesRead = Array(repeating: 0, count: levels)
@@ -47,6 +50,7 @@ public struct ExpertStreamStats: Codable, Sendable {
             }
             prefetched += o.prefetched; prefetchHits += o.prefetchHits
             tokens += o.tokens; misses.add(o.misses); predictedSlots += o.predictedSlots; predictedHits += o.predictedHits
+            prefetchWithheld += o.prefetchWithheld
             ioBusy += o.ioBusy; computeBusy += o.computeBusy; computeIdle += o.computeIdle; wall += o.wall
         }
     }
@@ -170,7 +174,8 @@ public struct ExpertStreamStats: Codable, Sendable {
                    "[" + hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]", evictions)
                 + " (\(buffersReused) reads into their buffers, \(buffersMapped) into fresh ones)",
             "experts: prefetched \(t.prefetched) pieces, \(t.prefetchHits) of them used"
-                + (t.predictedSlots > 0 ? String(format: "; next-layer prediction accuracy %.3f", predictionAccuracy) : ""),
+                + (t.predictedSlots > 0 ? String(format: "; next-layer prediction accuracy %.3f", predictionAccuracy) : "")
+                + (t.prefetchWithheld > 0 ? "; withheld in \(t.prefetchWithheld) layer steps (prediction accuracy below the minimum)" : ""),
             String(format: "experts: per token per MoE layer %.3f substituted, %.3f downgraded, %.3f skipped; %@ read per token",
                    perToken(t.misses.substituted), perToken(t.misses.downgraded), perToken(t.misses.skipped),
                    mib(Int(bytesReadPerToken))),

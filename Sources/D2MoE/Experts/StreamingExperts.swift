@@ -28,6 +28,15 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
     /// `--prefetch`: read the next MoE layer's likely experts while this one computes.
     public var prefetchEnabled = false
     public var wantsPrefetch: Bool { prefetchEnabled }
+    /// A layer's prefetch is withheld while its next-layer prediction has been right less often
+    /// than this (`--prefetch-min-accuracy`): a wrong guess reads bytes nobody uses and evicts
+    /// pieces that would have been. The prediction is scored every step, prefetched or not, so a
+    /// withheld layer resumes when its guesses improve. 0 always prefetches.
+    public var prefetchMinAccuracy: Float = 0
+    /// Per MoE layer: the prediction's accuracy, averaged over recent steps (weight
+    /// `accuracyWeight` for the newest).
+    private var predictionAccuracy: [Int: Float] = [:]
+    static let accuracyWeight: Float = 0.2
     /// What to do with chosen experts that are not resident (`--policy smoe`, `hobbit`); nil
     /// reads every one.
     public var missPolicy: MissPolicy?
@@ -188,12 +197,15 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         bitPolicy.levels(layer: layer, input: x, hidden: hidden, routes: routed, nExperts: nExperts, levelCount: levelCount, into: &levels)
         var layerStats = ExpertStreamStats.Layer(levels: levelCount)
         layerStats.tokens = routed.tokens
-        if let predicted = predictions.removeValue(forKey: layer), predicted.count == routed.experts.count {
+        if let predicted = predictions.removeValue(forKey: layer), predicted.count == routed.experts.count, slots > 0 {
             for t in 0..<routed.tokens {
                 let actual = routed.experts[(t * topK)..<((t + 1) * topK)]
                 layerStats.predictedHits += predicted[(t * topK)..<((t + 1) * topK)].filter { actual.contains($0) }.count
             }
             layerStats.predictedSlots += slots
+            let accuracy = Float(layerStats.predictedHits) / Float(slots)
+            let w = Self.accuracyWeight
+            predictionAccuracy[layer] = predictionAccuracy[layer].map { (1 - w) * $0 + w * accuracy } ?? accuracy
         }
         var routes = routed
         if pool.eviction.scoreWindow > 0 || missPolicy != nil {
@@ -296,8 +308,12 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         pool.lock.lock()
         let ioStart = pool.ioBusyNanoseconds()
         let bytesStart = pool.bytesRead
-        let prefetch = prefetchEnabled ? scheduledPrefetch : nil
+        var prefetch = prefetchEnabled ? scheduledPrefetch : nil
         scheduledPrefetch = nil
+        if let p = prefetch, let accuracy = predictionAccuracy[p.layer], accuracy < prefetchMinAccuracy {
+            prefetch = nil
+            layerStats.prefetchWithheld += 1
+        }
         // The next layer's predicted pieces, and how many of its experts are queued: retried
         // whenever this layer frees budget.
         var prefetchPlan: [[PieceKey]]?
@@ -522,6 +538,10 @@ extension StreamingExperts {
         let backend = StreamingExperts(store: store, budget: budget, eviction: eviction,
                                        bitPolicy: policy, order: streaming.order, activation: activation, ioThreads: streaming.ioThreads)
         backend.prefetchEnabled = streaming.prefetch
+        guard (0...1).contains(streaming.prefetchMinAccuracy) else {
+            throw ModelError("the prefetch's minimum prediction accuracy must be in [0, 1], got \(streaming.prefetchMinAccuracy)")
+        }
+        backend.prefetchMinAccuracy = Float(streaming.prefetchMinAccuracy)
         backend.missPolicy = miss
         guard (0...1).contains(streaming.lowLevelShare) else { throw ModelError("the base-level share must be in [0, 1]") }
         backend.pool.lowLevelShare = streaming.lowLevelShare

@@ -77,6 +77,10 @@ public struct ExpertStreaming: Sendable {
     public var order = LoadOrder.hebf
     /// Read the next MoE layer's predicted experts while the current one computes.
     public var prefetch = false
+    /// Withhold a layer's prefetch while its prediction has been right less often than this
+    /// (a share of the chosen (token, expert) slots, averaged over recent steps); 0 always
+    /// prefetches.
+    public var prefetchMinAccuracy = 0.5
     /// Keep base levels (level 1) resident in preference to higher ones while they fill at most
     /// this share of the budget (the paper's "+Budget" step); 0 turns it off.
     public var lowLevelShare = 0.0
