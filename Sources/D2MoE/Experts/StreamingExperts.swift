@@ -33,9 +33,9 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
     /// pieces that would have been. The prediction is scored every step, prefetched or not, so a
     /// withheld layer resumes when its guesses improve. 0 always prefetches.
     public var prefetchMinAccuracy: Float = 0
-    /// Per MoE layer: the prediction's accuracy, averaged over recent steps (weight
-    /// `accuracyWeight` for the newest).
-    private var predictionAccuracy: [Int: Float] = [:]
+    /// [MoE layer]: the prediction's accuracy averaged over recent steps (weight
+    /// `accuracyWeight` for the newest); nil until the layer's prediction is first scored.
+    private var predictionAccuracy: [Float?]
     static let accuracyWeight: Float = 0.2
     /// What to do with chosen experts that are not resident (`--policy smoe`, `hobbit`); nil
     /// reads every one.
@@ -57,6 +57,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         self.bitPolicy = bitPolicy
         self.order = order
         self.activation = activation
+        predictionAccuracy = Array(repeating: nil, count: store.records.count)
         statsStorage = ExpertStreamStats(layers: store.records.count, bits: store.file.header.quantization.bits, budget: budget,
                                          directIO: store.directIO, eviction: eviction.name, bitPolicy: bitPolicy.name)
     }
@@ -310,7 +311,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         let bytesStart = pool.bytesRead
         var prefetch = prefetchEnabled ? scheduledPrefetch : nil
         scheduledPrefetch = nil
-        if let p = prefetch, let accuracy = predictionAccuracy[p.layer], accuracy < prefetchMinAccuracy {
+        if let p = prefetch, p.layer < predictionAccuracy.count, let accuracy = predictionAccuracy[p.layer], accuracy < prefetchMinAccuracy {
             prefetch = nil
             layerStats.prefetchWithheld += 1
         }
