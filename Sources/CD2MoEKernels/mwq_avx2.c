@@ -230,7 +230,7 @@ static const int16_t kEntryBits[4][16] __attribute__((aligned(32))) = {
 };
 
 TARGET void d2moe_mwq_prepare_avx2(const float *x, long tokens, long cols, int group, uint8_t *lut, float *xscale,
-                                   int32_t *xsum) {
+                                   int32_t *xsum, int16_t *integers) {
     if (group < 32 || group > 256 || group % 32 != 0 || cols % group != 0) return;
     const long groups = cols / group;
     const float range = (float)(32767 / group);  // MWQPreparedInput.range: int16 sums cannot overflow
@@ -262,6 +262,8 @@ TARGET void d2moe_mwq_prepare_avx2(const float *x, long tokens, long cols, int g
                 __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
                 _mm256_store_si256((__m256i *)(xq + c), packed);
             }
+            if (integers) memcpy(integers + t * cols + j * group, xq, (size_t)group * sizeof(int16_t));
+            if (!lut) continue;
             __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
@@ -287,7 +289,7 @@ void d2moe_mwq_matmul_avx2(const uint8_t *lut, const float *xscale, const int32_
     (void)base_bits; (void)sign_levels; (void)block_begin; (void)block_end; (void)y;
 }
 void d2moe_mwq_prepare_avx2(const float *x, long tokens, long cols, int group, uint8_t *lut, float *xscale,
-                            int32_t *xsum) {
-    (void)x; (void)tokens; (void)cols; (void)group; (void)lut; (void)xscale; (void)xsum;
+                            int32_t *xsum, int16_t *integers) {
+    (void)x; (void)tokens; (void)cols; (void)group; (void)lut; (void)xscale; (void)xsum; (void)integers;
 }
 #endif

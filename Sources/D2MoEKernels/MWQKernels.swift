@@ -131,18 +131,30 @@ public enum MWQTiles {
 
 /// Activations as the MWQ kernels consume them, in caller-owned memory (see `byteCount`): per
 /// token t and group j of g columns, integers xq = round(x·R / amax) (amax the group's largest
-/// |x|, R = `range(group:)`), the scale amax / R, Σ xq, and for each quad c of 4 columns the 16
-/// sums v[e] = Σ_{bit i of e} xq[4c + i] as int16 split into 16 low bytes then 16 high bytes.
+/// |x|, R = `range(group:)`) and the scale amax / R; then, by `route`, either Σ xq and for each quad
+/// c of 4 columns the 16 sums v[e] = Σ_{bit i of e} xq[4c + i] as int16 split into 16 low bytes
+/// then 16 high bytes (`.tables`), or xq itself (`.gemm`, for long inputs: `MWQKernels.gemmMinTokens`).
 public struct MWQPreparedInput: @unchecked Sendable {
+    /// How the products will read the input.
+    public enum Route: Sendable {
+        /// Nibble tables for the table-lookup kernel.
+        case tables
+        /// The integers themselves, for the kernel that requantizes the weights to int16.
+        case gemm
+    }
+
     public let tokens: Int
     public let cols: Int
     public let group: Int
-    /// [tokens, cols / 4, 32] bytes.
-    public let tables: UnsafeMutablePointer<UInt8>
+    public let route: Route
     /// [tokens, G]
     public let scales: UnsafeMutablePointer<Float>
-    /// [tokens, G]
-    public let sums: UnsafeMutablePointer<Int32>
+    /// [tokens, cols / 4, 32] bytes with `.tables`, else nil.
+    public let tables: UnsafeMutablePointer<UInt8>?
+    /// [tokens, G] with `.tables`, else nil.
+    public let sums: UnsafeMutablePointer<Int32>?
+    /// [tokens, cols] with `.gemm`, else nil.
+    public let integers: UnsafeMutablePointer<Int16>?
 
     /// The largest |xq| for groups of g columns: as fine as the kernels' int16 sums allow
     /// (4·R per table entry, g/4 entries per group: R = ⌊32767 / g⌋), so 511 steps each way for
@@ -150,17 +162,33 @@ public struct MWQPreparedInput: @unchecked Sendable {
     public static func range(group g: Int) -> Int { 32767 / g }
 
     /// Bytes of the memory `init` needs.
-    public static func byteCount(tokens: Int, cols: Int, group: Int) -> Int { tokens * cols * 8 + tokens * (cols / group) * 8 }
+    public static func byteCount(tokens: Int, cols: Int, group: Int, route: Route = .tables) -> Int {
+        let G = cols / group
+        switch route {
+        case .tables: return tokens * G * 8 + tokens * cols * 8
+        case .gemm: return tokens * G * 4 + tokens * cols * 2
+        }
+    }
 
     /// `memory`: `byteCount` bytes, 4-byte aligned.
-    public init(memory: UnsafeMutableRawPointer, tokens: Int, cols: Int, group: Int) {
+    public init(memory: UnsafeMutableRawPointer, tokens: Int, cols: Int, group: Int, route: Route = .tables) {
         precondition(MWQMatrixView.validGroup(group) && cols % group == 0, "MWQPreparedInput: group \(group) with \(cols) columns")
         self.tokens = tokens
         self.cols = cols
         self.group = group
-        tables = memory.bindMemory(to: UInt8.self, capacity: tokens * cols * 8)
-        scales = (memory + tokens * cols * 8).bindMemory(to: Float.self, capacity: tokens * (cols / group))
-        sums = (memory + tokens * cols * 8 + tokens * (cols / group) * 4).bindMemory(to: Int32.self, capacity: tokens * (cols / group))
+        self.route = route
+        let G = cols / group
+        scales = memory.bindMemory(to: Float.self, capacity: tokens * G)
+        switch route {
+        case .tables:
+            sums = (memory + tokens * G * 4).bindMemory(to: Int32.self, capacity: tokens * G)
+            tables = (memory + tokens * G * 8).bindMemory(to: UInt8.self, capacity: tokens * cols * 8)
+            integers = nil
+        case .gemm:
+            sums = nil
+            tables = nil
+            integers = (memory + tokens * G * 4).bindMemory(to: Int16.self, capacity: tokens * cols)
+        }
     }
 }
 
@@ -176,14 +204,21 @@ public enum MWQKernels {
         switch path {
         case .avx2:
             precondition(KernelPath.best == .avx2, "MWQKernels.prepare: no AVX2 here")
-            d2moe_mwq_prepare_avx2(x, p.tokens, p.cols, Int32(p.group), p.tables, p.scales, p.sums)
+            d2moe_mwq_prepare_avx2(x, p.tokens, p.cols, Int32(p.group), p.tables, p.scales, p.sums, p.integers)
         case .portable:
             PortableMWQ.prepare(x, p)
         }
     }
 
+    /// Inputs of at least this many tokens are worth preparing for the `.gemm` route (`Linear`
+    /// does): requantizing a block of 32 rows costs about as much as multiplying it with a few
+    /// dozen tokens (measured on 576x1536 and 1536x576 at 4 bits: break-even at 32-48 tokens).
+    public static let gemmMinTokens = 48
+
     /// y[t·rows + r] = Σ_c Ŵ[r, c]·x̃[t·cols + c] with Ŵ served at `levels` (1…m.maxLevel) and x̃
     /// the prepared activations; y: [tokens, rows]. Blocks of 32 rows are split over the pool.
+    /// With a `.gemm` input, Ŵ is requantized to int16 per row and group first
+    /// (`MWQReference.gemmWeights`), which moves each weight by at most 1/65534 of its group's range.
     public static func matmul(_ m: MWQMatrixView, levels: Int, _ x: MWQPreparedInput, _ y: UnsafeMutablePointer<Float>,
                               pool: ComputePool = .shared, path: KernelPath = .best) {
         withUnsafeTemporaryAllocation(of: MWQProduct.self, capacity: 1) { p in
@@ -228,12 +263,17 @@ public enum MWQKernels {
                     let m = p.matrix
                     let b0 = max(g0 - first, 0), b1 = min(g1 - first, m.rowBlocks)
                     if b0 < b1 {
-                        switch path {
-                        case .avx2:
+                        switch (path, x.route) {
+                        case (.avx2, .tables):
                             d2moe_mwq_matmul_avx2(x.tables, x.scales, x.sums, x.tokens, m.rows, m.cols, Int32(m.group),
                                                   levelPointers + pointer, Int32(m.baseBits), Int32(p.levels - 1), b0, b1, p.output)
-                        case .portable:
+                        case (.avx2, .gemm):
+                            d2moe_mwq_gemm_avx2(x.integers, x.scales, x.tokens, m.rows, m.cols, Int32(m.group),
+                                                levelPointers + pointer, Int32(m.baseBits), Int32(p.levels - 1), b0, b1, p.output)
+                        case (.portable, .tables):
                             PortableMWQ.matmul(m, levels: p.levels, x, p.output, blocks: b0..<b1)
+                        case (.portable, .gemm):
+                            PortableMWQ.gemm(m, levels: p.levels, x, p.output, blocks: b0..<b1)
                         }
                     }
                     first += m.rowBlocks
@@ -277,8 +317,12 @@ enum PortableMWQ {
                     xq[c] = Int16((xg[c] * inv).rounded(.toNearestOrEven))
                     total += Int32(xq[c])
                 }
-                p.sums[t * G + j] = total
-                let out = p.tables + t * p.cols * 8 + j * g * 8
+                if let integers = p.integers {
+                    for c in 0..<g { integers[t * p.cols + j * g + c] = xq[c] }
+                }
+                guard let tables = p.tables, let sums = p.sums else { continue }
+                sums[t * G + j] = total
+                let out = tables + t * p.cols * 8 + j * g * 8
                 for c in 0..<(g / 4) {
                     for e in 0..<16 {
                         var v: Int16 = 0
@@ -314,7 +358,7 @@ enum PortableMWQ {
             for t in 0..<x.tokens {
                 for i in 0..<32 { out[i] = 0 }
                 for j in 0..<G {
-                    let table = UnsafePointer(x.tables + t * x.cols * 8 + j * Q * 32)
+                    let table = UnsafePointer(x.tables! + t * x.cols * 8 + j * Q * 32)
                     let base = m.levels[0] + (b * G + j) * tiles[0]
                     for i in 0..<32 { codes[i] = 0 }
                     for p in 0..<m.baseBits {
@@ -335,7 +379,7 @@ enum PortableMWQ {
                             cst[i] -= sk
                         }
                     }
-                    let X = Float(x.sums[t * G + j]), scale = x.scales[t * G + j]
+                    let X = Float(x.sums![t * G + j]), scale = x.scales[t * G + j]
                     for i in 0..<32 { out[i] += (group[i] + cst[i] * X) * scale }
                 }
                 for i in 0..<32 where b * 32 + i < m.rows { y[t * m.rows + b * 32 + i] = out[i] }

@@ -183,13 +183,13 @@ import D2MoEKernels
                             let q = (0..<4).map { scale == 0 ? 0 : Int((xq[col + $0] / scale).rounded()) }
                             total += q.reduce(0, +)
                             for e in 0..<16 {
-                                let entry = Int(Int16(p.tables[(t * cols + j * group + 4 * c) * 8 + e])
-                                                | Int16(Int8(bitPattern: p.tables[(t * cols + j * group + 4 * c) * 8 + 16 + e])) << 8)
+                                let entry = Int(Int16(p.tables![(t * cols + j * group + 4 * c) * 8 + e])
+                                                | Int16(Int8(bitPattern: p.tables![(t * cols + j * group + 4 * c) * 8 + 16 + e])) << 8)
                                 let sum = (0..<4).filter { e >> $0 & 1 == 1 }.map { q[$0] }.reduce(0, +)
                                 #expect(entry == sum, "group \(group) token \(t) quad \(c) entry \(e)")
                             }
                         }
-                        #expect(Int(p.sums[t * cols / group + j]) == total)
+                        #expect(Int(p.sums![t * cols / group + j]) == total)
                     }
                 }
             }

@@ -39,9 +39,11 @@ void d2moe_matmul_avx2(const void *w, int elem, long rows, long cols, const floa
 /// R = 32767 / group (so that the kernels' int16 sums cannot overflow), xscale[t*G + j] = amax / R, xsum[t*G + j] = sum of the group's xq, and for every quad c of 4
 /// columns 32 bytes at lut + t*cols*8 + c*32: the low bytes, then the high bytes, of the int16 sums
 /// v[e] = sum over the set bits i of e of xq[4c + i], e = 0..15. group in {32, 64, 128, 256}.
+/// lut and xsum may be NULL (no tables, for d2moe_mwq_gemm_avx2 alone); where `integers` is not
+/// NULL, xq itself goes there as int16 [tokens, cols].
 /// Uses AVX2; call only when d2moe_cpu_features() reports it.
 void d2moe_mwq_prepare_avx2(const float *x, long tokens, long cols, int group, uint8_t *lut, float *xscale,
-                            int32_t *xsum);
+                            int32_t *xsum, int16_t *integers);
 
 /// Most planes (base bits plus sign levels) d2moe_mwq_matmul_avx2 takes.
 enum { D2MOE_MWQ_MAX_PLANES = 16 };
@@ -55,6 +57,16 @@ enum { D2MOE_MWQ_MAX_PLANES = 16 };
 void d2moe_mwq_matmul_avx2(const uint8_t *lut, const float *xscale, const int32_t *xsum, long tokens,
                            long rows, long cols, int group, const uint8_t *const *levels, int base_bits,
                            int sign_levels, long block_begin, long block_end, float *y);
+
+/// y[t * rows + r] = sum_j ws[r, j] * xscale[t, j] * sum_{c in group j} wq[r, c] * xq[t, c] for the rows
+/// of row blocks [block_begin, block_end) and all t < tokens, where wq, ws are the MWQ matrix
+/// (levels, base_bits, sign_levels as for d2moe_mwq_matmul_avx2) requantized to int16 per row and
+/// group (mwq_gemm_avx2.c and MWQReference.gemmWeights give the exact rule) and xq, xscale the
+/// integers and scales d2moe_mwq_prepare_avx2 made. For many tokens (prompts): it requantizes each
+/// row block once per call. Uses AVX2+FMA+F16C; call only when d2moe_cpu_features() reports them.
+void d2moe_mwq_gemm_avx2(const int16_t *xq, const float *xscale, long tokens, long rows, long cols, int group,
+                         const uint8_t *const *levels, int base_bits, int sign_levels, long block_begin, long block_end,
+                         float *y);
 
 /// Q8_0 activations: for each block b of 32 values, xs[b] = amax / 127 and xq = round(x / xs[b]).
 /// n % 32 == 0. Uses AVX2; call only when d2moe_cpu_features() reports it.
