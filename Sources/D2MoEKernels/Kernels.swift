@@ -116,9 +116,45 @@ public enum Kernels {
         }
     }
 
-    /// gate = silu(gate) · up, element-wise.
+    /// gate = silu(gate) · up, element-wise, eight at a time with `exp8` (a prompt's FFNs call
+    /// it on tokens × hidden values, where the scalar exp was 4-5% of the time).
     public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, n: Int) {
-        for i in 0..<n { let g = gate[i]; gate[i] = g / (1 + Foundation.exp(-g)) * up[i] }
+        var i = 0
+        while i + 8 <= n {
+            let g = UnsafeRawPointer(gate + i).loadUnaligned(as: SIMD8<Float>.self)
+            let u = UnsafeRawPointer(up + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(gate + i).storeBytes(of: g / (1 + exp8(-g)) * u, as: SIMD8<Float>.self)
+            i += 8
+        }
+        for j in i..<n { let g = gate[j]; gate[j] = g / (1 + Foundation.exp(-g)) * up[j] }
+    }
+
+    /// e^x for eight floats, within 2 ulp over the float range (Cephes' expf: x = n·ln 2 + r with
+    /// |r| ≤ ln 2 / 2, a degree-6 polynomial for e^r, 2^n from the exponent bits); inputs are
+    /// clamped to [−87.3, 88.3], so e^x never overflows to infinity nor drops below the smallest
+    /// normal float. Only arithmetic and bit casts: the generic SIMD conversions and roundings
+    /// are scalar loops here.
+    @inline(__always)
+    static func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        var x = x
+        x.replace(with: SIMD8(repeating: -87.3), where: x .< -87.3)
+        x.replace(with: SIMD8(repeating: 88.3), where: x .> 88.3)
+        // Adding 1.5·2^23 rounds x·log2(e) to the nearest integer n, which then sits in the low
+        // mantissa bits: n in float, and n as an integer from the bits.
+        let magic = SIMD8<Float>(repeating: 12_582_912)
+        let shifted = x * 1.442_695_04 + magic
+        let n = shifted - magic
+        let k = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
+        // ln 2 in two parts, so that n·ln 2 is subtracted without losing r's low bits.
+        let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4
+        var p = SIMD8<Float>(repeating: 1.987_569_15e-4)
+        p = p * r + 1.398_199_95e-3
+        p = p * r + 8.333_451_9e-3
+        p = p * r + 4.166_579_59e-2
+        p = p * r + 1.666_666_55e-1
+        p = p * r + 5.000_000_12e-1
+        let e = p * r * r + r + 1
+        return e * unsafeBitCast((k &+ 127) &<< 23, to: SIMD8<Float>.self)
     }
 
     /// gate = gelu_tanh(gate) · up, element-wise.

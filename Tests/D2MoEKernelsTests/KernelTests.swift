@@ -97,6 +97,13 @@ import D2MoEKernels
         Kernels.siluMul(&g1, up, n: n)
         Reference.siluMul(&g2, up, n: n)
         #expect(maxError(g1, g2) < 1e-5)
+        // Far into both tails (where e^−g overflows or vanishes) and every lane of a vector.
+        let tails: [Float] = [-200, -90, -88, -40, -10, -1e-3, 0, 1e-3, 10, 40, 88, 90, 200, 3.5, -3.5, 0.25, -0.25]
+        var t1 = tails, t2 = tails
+        let ones = [Float](repeating: 1, count: tails.count)
+        Kernels.siluMul(&t1, ones, n: tails.count)
+        Reference.siluMul(&t2, ones, n: tails.count)
+        #expect(zip(t1, t2).allSatisfy { abs($0 - $1) <= 2e-6 * max(1, abs($1)) && $0.isFinite }, "\(t1) against \(t2)")
         g1 = x.map { $0 * 4 }; g2 = g1
         Kernels.geluTanhMul(&g1, up, n: n)
         Reference.geluTanhMul(&g2, up, n: n)
