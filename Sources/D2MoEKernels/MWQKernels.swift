@@ -211,9 +211,10 @@ public enum MWQKernels {
     }
 
     /// Inputs of at least this many tokens are worth preparing for the `.gemm` route (`Linear`
-    /// does): requantizing a block of 32 rows costs about as much as multiplying it with a few
-    /// dozen tokens (measured on 576x1536 and 1536x576 at 4 bits: break-even at 32-48 tokens).
-    public static let gemmMinTokens = 48
+    /// does): requantizing a block of 32 rows costs about as much as multiplying it with a dozen
+    /// or two tokens (measured on 576x1536 and 1536x576 at 4 bits, one core: the table route is
+    /// faster at 8 and 16 tokens, even at 24, and 1.3-1.5x slower at 32 and 48).
+    public static let gemmMinTokens = 32
 
     /// y[t·rows + r] = Σ_c Ŵ[r, c]·x̃[t·cols + c] with Ŵ served at `levels` (1…m.maxLevel) and x̃
     /// the prepared activations; y: [tokens, rows]. Blocks of 32 rows are split over the pool.

@@ -133,7 +133,7 @@ struct KernelBench: AsyncParsableCommand {
         commandName: "kernels",
         abstract: "Weight bytes per second of the MWQ and dense product kernels against the measured read bandwidth.")
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Batch sizes (tokens per product).")
+    @Option(name: .long, parsing: .upToNextOption, help: "Batch sizes (tokens per product; MWQ products of 32 or more take the int16 GEMM route, as prompts do).")
     var tokens: [Int] = [1, 8]
 
     @Option(name: .long, help: "MWQ group size.")
@@ -160,10 +160,10 @@ struct KernelBench: AsyncParsableCommand {
                                          pool: threads.map { ComputePool(threadCount: $0) } ?? .shared)
         if json { printJSON(result); return }
         print(String(format: "threads %d | %@ | measured read bandwidth %.1f GB/s", result.threads, "\(dims[0])x\(dims[1])", result.readBandwidth / 1e9))
-        print("kernel          bits/w  tokens    GB/s  of bandwidth  GMAC/s")
+        print("kernel               bits/w  tokens    GB/s  of bandwidth  GMAC/s")
         for c in result.cases {
-            let name = c.kernel == "mwq" ? "mwq b1=\(c.baseBits!) L\(c.level!)" : c.kernel
-            print(name.padding(toLength: 15, withPad: " ", startingAt: 0)
+            let name = c.kernel.hasPrefix("mwq") ? "\(c.kernel) b1=\(c.baseBits!) L\(c.level!)" : c.kernel
+            print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
                   + String(format: " %6.3f %7d %7.2f %12.0f%% %7.1f", c.bitsPerWeight, c.tokens, c.gbPerSecond, 100 * c.bandwidthFraction, c.gigaMACsPerSecond))
         }
     }

@@ -9,7 +9,8 @@ import D2MoEKernels
 /// weights from memory as a decode step does. A product's time includes preparing its input.
 public enum KernelBenchmark {
     public struct Case: Codable, Sendable {
-        /// "mwq", "q8_0", "f16", "f32".
+        /// "mwq" (the table route), "mwq-gemm" (inputs of `MWQKernels.gemmMinTokens` tokens or
+        /// more, as the models run them), "q8_0", "f16", "f32".
         public var kernel: String
         /// Base bits and level served (MWQ), nil for dense.
         public var baseBits: Int?
@@ -48,16 +49,17 @@ public enum KernelBenchmark {
             for level in 1...levels {
                 let bytes = views[0].byteCount(levels: level)
                 for t in tokens {
+                    let route: MWQPreparedInput.Route = t >= MWQKernels.gemmMinTokens ? .gemm : .tables
                     let rate = measure(count: count, tokens: t, cols: cols, rows: rows, seconds: seconds) { i, x, y in
-                        let size = MWQPreparedInput.byteCount(tokens: t, cols: cols, group: group)
+                        let size = MWQPreparedInput.byteCount(tokens: t, cols: cols, group: group, route: route)
                         withUnsafeTemporaryAllocation(byteCount: size, alignment: 64) { m in
-                            let input = MWQPreparedInput(memory: m.baseAddress!, tokens: t, cols: cols, group: group)
+                            let input = MWQPreparedInput(memory: m.baseAddress!, tokens: t, cols: cols, group: group, route: route)
                             MWQKernels.prepare(x, into: input)
                             MWQKernels.matmul(views[i], levels: level, input, y, pool: pool)
                         }
                     }
                     withExtendedLifetime(buffers) {}
-                    cases.append(Case(kernel: "mwq", baseBits: b1, level: level, bitsPerWeight: Double(bytes * 8) / Double(rows * cols),
+                    cases.append(Case(kernel: route == .gemm ? "mwq-gemm" : "mwq", baseBits: b1, level: level, bitsPerWeight: Double(bytes * 8) / Double(rows * cols),
                                       tokens: t, bytesPerProduct: bytes, gbPerSecond: rate * Double(bytes) / 1e9,
                                       bandwidthFraction: rate * Double(bytes) / bandwidth,
                                       gigaMACsPerSecond: rate * Double(rows * cols * t) / 1e9))
