@@ -3,15 +3,18 @@
 // the table route also uses (d2moe_mwq_prepare_avx2's xq, |xq| <= 32767/g) by vpmaddwd, 16
 // multiply-adds per instruction with no table to build or look up. The table route spends about 8
 // instructions per bit-plane per 128 multiply-adds; here it is 2 per 16 whatever the bits, so the
-// gain grows with the level (measured on 576x1536 and 1536x576 at 4 bits, 128 tokens, one core:
-// 35-40 against 21-29 G multiply-adds/s). Requantizing costs about as much as a few dozen tokens,
-// so callers take this route only for long inputs (MWQKernels.gemmMinTokens).
+// gain grows with the level (measured on 1536x576 and 576x1536 at 4 bits, 128 tokens, one core:
+// 42-49 against 21-29 G multiply-adds/s). Requantizing costs about as much as a dozen tokens, so
+// callers take this route only for long inputs (MWQKernels.prefersGemm).
 //
 // Weights, per row r and group j at the served level (MWQReference.gemmWeights is the plain
 // version): Ŵ = s·q + m + Σ_k s_k·(±1) lies in [lo, hi], lo/hi = (m − Σ s_k) + the negative/positive
-// parts of s·(2^b1 − 1) and of each 2·s_k; with B = max(|lo|, |hi|), ws = B/32767 and
-// wq = round(Ŵ·32767/B) (0 where B = 0), Ŵ evaluated as c·inv + Σ (s·inv·2^p)·bit_p + Σ (2·s_k·inv)·bit_k
-// in that order. A group's sum Σ wq·xq stays below g·32767·32767/g in magnitude: exact in int32.
+// parts of s·(2^b1 − 1) and of each 2·s_k; with B = max(|lo|, |hi|) and inv = D2MOE_MWQ_GEMM_RANGE/B
+// (0 where B = 0), ws = B/D2MOE_MWQ_GEMM_RANGE and wq = C + Σ_p A_p·bit_p + Σ_k S_k·bit_k with the
+// integer coefficients C = round(c·inv) (c = m − Σ s_k), A_p = round(s·inv·2^p), S_k = round(2·s_k·inv):
+// each within (planes + 1)/2 of Ŵ·inv, which the range's margin below 32767 keeps inside int16, and
+// one masked add per plane per 16 rows. A group's sum Σ wq·xq stays below g·32767·32767/g in
+// magnitude: exact in int32.
 // y[t, r] = Σ_j (ws[r, j]·xs[t, j])·Σ_{c in j} wq·xq, accumulated over j by fused multiply-add.
 //
 // Scratch per row block, 512 columns at a time on the stack: for each of its four octets of 8
@@ -31,64 +34,79 @@ enum { RN = 3, CHUNK = 512 };  // tokens whose accumulators are held together; c
 
 INLINE __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
+// The 8 rows' int32 lanes of a and b (rows 0-7, 8-15) as 16 int16 lanes in row order, each the low
+// 16 bits: a plane's coefficient can pass 32767 (s·inv reaches 2·range when the base spans the
+// whole grid) while every sum of them lands inside int16, and the 16-bit adds wrap, so the
+// coefficients are exact modulo 2^16 and the sums exact.
+INLINE __m256i rows16(__m256i a, __m256i b) {
+    const __m256i low = _mm256_set1_epi32(0xFFFF);
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(_mm256_and_si256(a, low), _mm256_and_si256(b, low)), 0xD8);
+}
+
 // Requantizes groups [j0, j0 + ng) of row block rb into w (per octet: ng·g/2 pairs of 32 bytes)
-// and ws (per octet: ng × 8 row scales).
+// and ws (per octet: ng × 8 row scales). Per half block of 16 rows (int16 lanes): the integer
+// coefficients of each plane, then per column wq = C + Σ (bit set ? coefficient : 0).
 TARGET static void requantize(const uint8_t *const *lv, int b1, int levels, long groups, int g, long rb, long j0,
                               long ng, int16_t *w, float *ws) {
-    const int q = g / 4;
+    const int q = g / 4, planes = b1 + levels;
     const long base_tile = (long)b1 * 4 * g + 128, sign_tile = 4L * g + 64;
-    const __m256i low = _mm256_set1_epi32(0xFFFF);
     const __m256 zero = _mm256_setzero_ps(), absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 range = _mm256_set1_ps(D2MOE_MWQ_GEMM_RANGE);
     for (long jj = 0; jj < ng; jj++) {
         const long tile = rb * groups + j0 + jj;
+        const uint8_t *pl[D2MOE_MWQ_MAX_PLANES];  // plane i's Q quads of 16 bytes
         const uint8_t *bt = lv[0] + tile * base_tile;
-        const uint8_t *st[D2MOE_MWQ_MAX_PLANES];
-        for (int k = 0; k < levels; k++) st[k] = lv[1 + k] + tile * sign_tile;
-        for (int o = 0; o < 4; o++) {
-            __m256 s = half8(bt + b1 * q * 16 + 16 * o), cst = half8(bt + b1 * q * 16 + 64 + 16 * o);
-            __m256 two_sk[D2MOE_MWQ_MAX_PLANES];
-            for (int k = 0; k < levels; k++) {
-                const __m256 sk = half8(st[k] + q * 16 + 16 * o);
-                cst = _mm256_sub_ps(cst, sk);
-                two_sk[k] = _mm256_add_ps(sk, sk);
-            }
-            const __m256 span = _mm256_mul_ps(s, _mm256_set1_ps((float)((1 << b1) - 1)));
-            __m256 lo = _mm256_add_ps(cst, _mm256_min_ps(span, zero)), hi = _mm256_add_ps(cst, _mm256_max_ps(span, zero));
-            for (int k = 0; k < levels; k++) {
-                lo = _mm256_add_ps(lo, _mm256_min_ps(two_sk[k], zero));
-                hi = _mm256_add_ps(hi, _mm256_max_ps(two_sk[k], zero));
-            }
-            const __m256 bound = _mm256_max_ps(_mm256_and_ps(lo, absmask), _mm256_and_ps(hi, absmask));
-            const __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(32767.0f), bound), _mm256_cmp_ps(bound, zero, _CMP_GT_OQ));
-            _mm256_storeu_ps(ws + (o * ng + jj) * 8, _mm256_div_ps(bound, _mm256_set1_ps(32767.0f)));
-            // Bit t of a nibble, as 0 or 2^t, scaled by 2^-t: the coefficients of each plane and column.
-            __m256 cb[4][8], cs[4][D2MOE_MWQ_MAX_PLANES];
-            for (int t = 0; t < 4; t++) {
-                const __m256 down = _mm256_set1_ps(1.0f / (float)(1 << t));
-                for (int p = 0; p < b1; p++) cb[t][p] = _mm256_mul_ps(_mm256_mul_ps(s, inv), _mm256_mul_ps(down, _mm256_set1_ps((float)(1 << p))));
-                for (int k = 0; k < levels; k++) cs[t][k] = _mm256_mul_ps(_mm256_mul_ps(two_sk[k], inv), down);
-            }
-            const __m256 c0 = _mm256_mul_ps(cst, inv);
-            // Octet o is the low (o < 2) or high nibbles of bytes 8·(o & 1) … + 7 of each quad.
-            const int byte0 = 8 * (o & 1), shift = 4 * (o >> 1);
-            int16_t *out = w + (o * ng + jj) * (long)q * 32;
-            for (int c = 0; c < q; c++) {
-                __m256i nib[D2MOE_MWQ_MAX_PLANES];
-                for (int p = 0; p < b1; p++)
-                    nib[p] = _mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(bt + (p * q + c) * 16 + byte0))), shift);
-                for (int k = 0; k < levels; k++)
-                    nib[b1 + k] = _mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(st[k] + c * 16 + byte0))), shift);
-                __m256i wi[4];
-                for (int t = 0; t < 4; t++) {
-                    const __m256i bit = _mm256_set1_epi32(1 << t);
-                    __m256 v = c0;
-                    for (int p = 0; p < b1; p++) v = _mm256_fmadd_ps(cb[t][p], _mm256_cvtepi32_ps(_mm256_and_si256(nib[p], bit)), v);
-                    for (int k = 0; k < levels; k++) v = _mm256_fmadd_ps(cs[t][k], _mm256_cvtepi32_ps(_mm256_and_si256(nib[b1 + k], bit)), v);
-                    wi[t] = _mm256_cvtps_epi32(v);
+        for (int p = 0; p < b1; p++) pl[p] = bt + p * q * 16;
+        for (int k = 0; k < levels; k++) pl[b1 + k] = lv[1 + k] + tile * sign_tile;
+        for (int h = 0; h < 2; h++) {
+            __m256i coef[2][D2MOE_MWQ_MAX_PLANES + 1];  // per octet of the half: C, then each plane's
+            for (int e = 0; e < 2; e++) {
+                const int o = 2 * h + e;
+                const __m256 s = half8(bt + b1 * q * 16 + 16 * o);
+                __m256 cst = half8(bt + b1 * q * 16 + 64 + 16 * o);
+                __m256 two_sk[D2MOE_MWQ_MAX_PLANES];
+                for (int k = 0; k < levels; k++) {
+                    const __m256 sk = half8(pl[b1 + k] + q * 16 + 16 * o);
+                    cst = _mm256_sub_ps(cst, sk);
+                    two_sk[k] = _mm256_add_ps(sk, sk);
                 }
-                // Columns 4c, 4c + 1 of the 8 rows, then 4c + 2, 4c + 3: row i's pair in dword i.
-                _mm256_storeu_si256((__m256i *)(out + 32 * c), _mm256_or_si256(_mm256_and_si256(wi[0], low), _mm256_slli_epi32(wi[1], 16)));
-                _mm256_storeu_si256((__m256i *)(out + 32 * c + 16), _mm256_or_si256(_mm256_and_si256(wi[2], low), _mm256_slli_epi32(wi[3], 16)));
+                const __m256 span = _mm256_mul_ps(s, _mm256_set1_ps((float)((1 << b1) - 1)));
+                __m256 lo = _mm256_add_ps(cst, _mm256_min_ps(span, zero)), hi = _mm256_add_ps(cst, _mm256_max_ps(span, zero));
+                for (int k = 0; k < levels; k++) {
+                    lo = _mm256_add_ps(lo, _mm256_min_ps(two_sk[k], zero));
+                    hi = _mm256_add_ps(hi, _mm256_max_ps(two_sk[k], zero));
+                }
+                const __m256 bound = _mm256_max_ps(_mm256_and_ps(lo, absmask), _mm256_and_ps(hi, absmask));
+                const __m256 inv = _mm256_and_ps(_mm256_div_ps(range, bound), _mm256_cmp_ps(bound, zero, _CMP_GT_OQ));
+                _mm256_storeu_ps(ws + (o * ng + jj) * 8, _mm256_div_ps(bound, range));
+                const __m256 sinv = _mm256_mul_ps(s, inv);
+                coef[e][0] = _mm256_cvtps_epi32(_mm256_mul_ps(cst, inv));
+                for (int p = 0; p < b1; p++) coef[e][1 + p] = _mm256_cvtps_epi32(_mm256_mul_ps(sinv, _mm256_set1_ps((float)(1 << p))));
+                for (int k = 0; k < levels; k++) coef[e][1 + b1 + k] = _mm256_cvtps_epi32(_mm256_mul_ps(two_sk[k], inv));
+            }
+            __m256i c16[D2MOE_MWQ_MAX_PLANES + 1];
+            for (int i = 0; i <= planes; i++) c16[i] = rows16(coef[0][i], coef[1][i]);
+            int16_t *out0 = w + ((2 * h) * ng + jj) * (long)q * 32, *out1 = w + ((2 * h + 1) * ng + jj) * (long)q * 32;
+            for (int c = 0; c < q; c++) {
+                // Byte i of a plane's quad: row i in the low nibble, row 16 + i in the high one.
+                __m256i v[D2MOE_MWQ_MAX_PLANES];
+                for (int i = 0; i < planes; i++) v[i] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(pl[i] + 16 * c)));
+                __m256i wt[4];
+                for (int t = 0; t < 4; t++) {
+                    // Bit 4h + t to the sign, then spread: all ones where it is set.
+                    const __m128i up = _mm_cvtsi32_si128(15 - (4 * h + t));
+                    __m256i acc = c16[0];
+                    for (int i = 0; i < planes; i++)
+                        acc = _mm256_add_epi16(acc, _mm256_and_si256(_mm256_srai_epi16(_mm256_sll_epi16(v[i], up), 15), c16[1 + i]));
+                    wt[t] = acc;
+                }
+                // Rows 0-3 | 8-11 and 4-7 | 12-15 with each row's two columns side by side.
+                for (int pair = 0; pair < 2; pair++) {
+                    const __m256i a = _mm256_unpacklo_epi16(wt[2 * pair], wt[2 * pair + 1]);
+                    const __m256i b = _mm256_unpackhi_epi16(wt[2 * pair], wt[2 * pair + 1]);
+                    _mm256_storeu_si256((__m256i *)(out0 + 32 * c + 16 * pair), _mm256_permute2x128_si256(a, b, 0x20));
+                    _mm256_storeu_si256((__m256i *)(out1 + 32 * c + 16 * pair), _mm256_permute2x128_si256(a, b, 0x31));
+                }
             }
         }
     }

@@ -133,7 +133,7 @@ public enum MWQTiles {
 /// token t and group j of g columns, integers xq = round(x·R / amax) (amax the group's largest
 /// |x|, R = `range(group:)`) and the scale amax / R; then, by `route`, either Σ xq and for each quad
 /// c of 4 columns the 16 sums v[e] = Σ_{bit i of e} xq[4c + i] as int16 split into 16 low bytes
-/// then 16 high bytes (`.tables`), or xq itself (`.gemm`, for long inputs: `MWQKernels.gemmMinTokens`).
+/// then 16 high bytes (`.tables`), or xq itself (`.gemm`, for long inputs: `MWQKernels.prefersGemm`).
 public struct MWQPreparedInput: @unchecked Sendable {
     /// How the products will read the input.
     public enum Route: Sendable {
@@ -210,11 +210,13 @@ public enum MWQKernels {
         }
     }
 
-    /// Inputs of at least this many tokens are worth preparing for the `.gemm` route (`Linear`
-    /// does): requantizing a block of 32 rows costs about as much as multiplying it with a dozen
-    /// or two tokens (measured on 576x1536 and 1536x576 at 4 bits, one core: the table route is
-    /// faster at 8 and 16 tokens, even at 24, and 1.3-1.5x slower at 32 and 48).
-    public static let gemmMinTokens = 32
+    /// Whether a product of `tokens` tokens at `planes` bit-planes (base bits + sign levels) is
+    /// faster on the `.gemm` route (`Linear` prepares its input so): requantizing a block of rows
+    /// costs about as much as a dozen tokens, after which a token costs the same at any level,
+    /// while the table route costs a lookup per plane per token. Measured on 1536x576 and
+    /// 576x1536, one core: at 2 planes the table route is as fast or faster up to 128 tokens; the
+    /// break-even is at 32-64 tokens for 3 planes, 12-16 for 4, under 16 for 8.
+    public static func prefersGemm(tokens: Int, planes: Int) -> Bool { planes >= 3 && tokens * (planes - 2) >= 32 }
 
     /// y[t·rows + r] = Σ_c Ŵ[r, c]·x̃[t·cols + c] with Ŵ served at `levels` (1…m.maxLevel) and x̃
     /// the prepared activations; y: [tokens, rows]. Blocks of 32 rows are split over the pool.

@@ -1,3 +1,5 @@
+import CD2MoEKernels
+
 /// The `.gemm` route of MWQ products (`MWQPreparedInput.Route`): for long inputs each block of rows
 /// is requantized to int16 once per call and multiplied with the same int16 activations the table
 /// route uses, which is faster than the table lookup once a product has a few dozen tokens.
@@ -6,23 +8,24 @@
 /// sign levels' scales, all float16 in the tiles):
 /// - c = m − Σ_k s_k (k in order), and the level's values lie in [lo, hi] with lo = c +
 ///   min(0, s·(2^b1 − 1)) + Σ_k min(0, 2·s_k) and hi the same with max: B = max(|lo|, |hi|),
-///   inv = 32767 / B (0 where B = 0), ws = B / 32767;
-/// - wq = round-half-even(v) with v = c·inv, then + (s·inv)·2^p for every set base bit p in
-///   order, then + (2·s_k·inv) for every set sign bit k in order, each step rounded to float —
-///   the order the AVX2 kernel's fused multiply-adds use, so every path gets the same integers;
+///   inv = R / B (0 where B = 0) with R = 32750 (`D2MOE_MWQ_GEMM_RANGE`), ws = B / R;
+/// - integer coefficients, each rounded half to even from float: C = c·inv, A_p = (s·inv)·2^p for
+///   base bit p, S_k = (2·s_k)·inv for sign level k; wq = C + Σ A_p over the set base bits + Σ S_k
+///   over the set sign bits — within (planes + 1)/2 of Ŵ·inv, so inside int16 by R's margin;
 /// - y = Σ_j (ws·xs)·Σ_{c in j} wq·xq, accumulated over j by fused multiply-add, with xq, xs the
 ///   prepared activations (`MWQPreparedInput`).
 struct MWQGemmRule {
-    static let range: Float = 32767
+    static let range = Float(D2MOE_MWQ_GEMM_RANGE)
     let scale: Float
-    /// s·inv·2^p for base bit p, then 2·s_k·inv for sign level k.
-    let coefficients: [Float]
-    let start: Float
+    /// A_p for base bit p, then S_k for sign level k.
+    let coefficients: [Int]
+    let start: Int
 
     /// The rule for row i of the block whose tiles at the served levels are `tiles` (level 1 first).
     init(tiles: [UnsafeRawPointer], row i: Int, group g: Int, baseBits b1: Int) {
         let q = g / 4
         func half(_ p: UnsafeRawPointer, _ at: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: at, as: UInt16.self))) }
+        func round(_ v: Float) -> Int { Int(v.rounded(.toNearestOrEven)) }
         let s = half(tiles[0], b1 * q * 16 + 2 * i)
         var c = half(tiles[0], b1 * q * 16 + 64 + 2 * i)
         var twice = [Float]()
@@ -41,15 +44,15 @@ struct MWQGemmRule {
         let inv: Float = bound > 0 ? Self.range / bound : 0
         scale = bound / Self.range
         let sinv = s * inv
-        coefficients = (0..<b1).map { sinv * Float(1 << $0) } + twice.map { $0 * inv }
-        start = c * inv
+        coefficients = (0..<b1).map { round(sinv * Float(1 << $0)) } + twice.map { round($0 * inv) }
+        start = round(c * inv)
     }
 
     /// wq of a weight whose bits (base bits, then sign bits) are `bits`, bit i for plane i.
     func weight(bits: Int) -> Int16 {
         var v = start
         for (i, k) in coefficients.enumerated() where bits >> i & 1 == 1 { v += k }
-        return Int16(clamping: Int(v.rounded(.toNearestOrEven)))
+        return Int16(v)
     }
 
     /// The bits of each weight of row i, quad c of a group: plane p's nibble is bits 4p…4p+3.

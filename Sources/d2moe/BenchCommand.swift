@@ -133,7 +133,7 @@ struct KernelBench: AsyncParsableCommand {
         commandName: "kernels",
         abstract: "Weight bytes per second of the MWQ and dense product kernels against the measured read bandwidth.")
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Batch sizes (tokens per product; MWQ products of 32 or more take the int16 GEMM route, as prompts do).")
+    @Option(name: .long, parsing: .upToNextOption, help: "Batch sizes (tokens per product; long MWQ products take the int16 GEMM route, as prompts do).")
     var tokens: [Int] = [1, 8]
 
     @Option(name: .long, help: "MWQ group size.")

@@ -58,6 +58,10 @@ void d2moe_mwq_matmul_avx2(const uint8_t *lut, const float *xscale, const int32_
                            long rows, long cols, int group, const uint8_t *const *levels, int base_bits,
                            int sign_levels, long block_begin, long block_end, float *y);
 
+/// The int16 grid of d2moe_mwq_gemm_avx2's weights: 32767 less a margin for the rounding of up to
+/// D2MOE_MWQ_MAX_PLANES + 1 integer coefficients.
+#define D2MOE_MWQ_GEMM_RANGE 32750.0f
+
 /// y[t * rows + r] = sum_j ws[r, j] * xscale[t, j] * sum_{c in group j} wq[r, c] * xq[t, c] for the rows
 /// of row blocks [block_begin, block_end) and all t < tokens, where wq, ws are the MWQ matrix
 /// (levels, base_bits, sign_levels as for d2moe_mwq_matmul_avx2) requantized to int16 per row and

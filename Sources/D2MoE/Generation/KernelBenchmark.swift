@@ -9,8 +9,8 @@ import D2MoEKernels
 /// weights from memory as a decode step does. A product's time includes preparing its input.
 public enum KernelBenchmark {
     public struct Case: Codable, Sendable {
-        /// "mwq" (the table route), "mwq-gemm" (inputs of `MWQKernels.gemmMinTokens` tokens or
-        /// more, as the models run them), "q8_0", "f16", "f32".
+        /// "mwq" (the table route), "mwq-gemm" (where `MWQKernels.prefersGemm`, as the models run
+        /// them), "q8_0", "f16", "f32".
         public var kernel: String
         /// Base bits and level served (MWQ), nil for dense.
         public var baseBits: Int?
@@ -49,7 +49,7 @@ public enum KernelBenchmark {
             for level in 1...levels {
                 let bytes = views[0].byteCount(levels: level)
                 for t in tokens {
-                    let route: MWQPreparedInput.Route = t >= MWQKernels.gemmMinTokens ? .gemm : .tables
+                    let route: MWQPreparedInput.Route = MWQKernels.prefersGemm(tokens: t, planes: b1 + level - 1) ? .gemm : .tables
                     let rate = measure(count: count, tokens: t, cols: cols, rows: rows, seconds: seconds) { i, x, y in
                         let size = MWQPreparedInput.byteCount(tokens: t, cols: cols, group: group, route: route)
                         withUnsafeTemporaryAllocation(byteCount: size, alignment: 64) { m in

@@ -106,8 +106,10 @@ struct Linear {
     /// The packed products of `list`, all reading x: [tokens, cols], which is prepared once.
     private static func products(_ list: UnsafeBufferPointer<MWQProduct>, _ x: UnsafePointer<Float>, tokens: Int) {
         let view = list[0].matrix
-        // Long inputs (prompts) take the route that requantizes each block of rows once per call.
-        let route: MWQPreparedInput.Route = tokens >= MWQKernels.gemmMinTokens ? .gemm : .tables
+        // Long inputs (prompts, experts' shares of them) take the route that requantizes each block of
+        // rows once per call.
+        let gemm = list.allSatisfy { MWQKernels.prefersGemm(tokens: tokens, planes: $0.matrix.baseBits + $0.levels - 1) }
+        let route: MWQPreparedInput.Route = gemm ? .gemm : .tables
         // Tables are 8 bytes per input per token: stack space for decode steps.
         let size = MWQPreparedInput.byteCount(tokens: tokens, cols: view.cols, group: view.group, route: route)
         withUnsafeTemporaryAllocation(byteCount: size, alignment: 64) { memory in
