@@ -221,7 +221,8 @@ public enum MWQKernels {
     /// y[t·rows + r] = Σ_c Ŵ[r, c]·x̃[t·cols + c] with Ŵ served at `levels` (1…m.maxLevel) and x̃
     /// the prepared activations; y: [tokens, rows]. Blocks of 32 rows are split over the pool.
     /// With a `.gemm` input, Ŵ is requantized to int16 per row and group first
-    /// (`MWQReference.gemmWeights`), which moves each weight by at most 1/65534 of its group's range.
+    /// (`MWQReference.gemmWeights`), which moves each weight by at most (planes + 1)/2 steps of
+    /// B/32750, B the largest |Ŵ| the group's scales allow.
     public static func matmul(_ m: MWQMatrixView, levels: Int, _ x: MWQPreparedInput, _ y: UnsafeMutablePointer<Float>,
                               pool: ComputePool = .shared, path: KernelPath = .best) {
         withUnsafeTemporaryAllocation(of: MWQProduct.self, capacity: 1) { p in
