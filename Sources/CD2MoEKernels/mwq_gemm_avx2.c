@@ -202,11 +202,92 @@ TARGET void d2moe_mwq_gemm_avx2(const int16_t *xq, const float *xscale, long tok
         }
     }
 }
+
+// Q8_0 rows [r0, r0 + nrows) (nrows ≤ 32), groups [j0, j0 + ng) of 32 columns, into the scratch
+// layout: exact, the int8 codes widened to int16 and each block's scale d as the row scale. Rows
+// past nrows are zero.
+TARGET static void q8_block(const uint8_t *w, long cols, long r0, long nrows, long j0, long ng, int16_t *out, float *ws) {
+    const long row_bytes = cols / 32 * 34;
+    for (int o = 0; o < 4; o++) {
+        for (long jj = 0; jj < ng; jj++) {
+            __m256i lo[8], hi[8];
+            float d[8];
+            for (int i = 0; i < 8; i++) {
+                const long r = 8 * o + i;
+                if (r < nrows) {
+                    const uint8_t *b = w + (r0 + r) * row_bytes + (j0 + jj) * 34;
+                    uint16_t h;
+                    memcpy(&h, b, 2);
+                    d[i] = _cvtsh_ss(h);
+                    lo[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
+                    hi[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
+                } else {
+                    d[i] = 0;
+                    lo[i] = hi[i] = _mm256_setzero_si256();
+                }
+            }
+            _mm256_storeu_ps(ws + (o * ng + jj) * 8, _mm256_loadu_ps(d));
+            // Dword k of row i (columns 2k, 2k + 1) to dword i of pair k: an 8x8 transpose per half.
+            int16_t *dst = out + (o * ng + jj) * 256;
+            for (int half = 0; half < 2; half++) {
+                const __m256i *r = half ? hi : lo;
+                __m256i t[8], u[8];
+                for (int i = 0; i < 8; i += 2) {
+                    t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+                    t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+                }
+                for (int i = 0; i < 8; i += 4) {
+                    u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+                    u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+                    u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+                    u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+                }
+                for (int k = 0; k < 4; k++) {
+                    _mm256_storeu_si256((__m256i *)(dst + 16 * (8 * half + k)), _mm256_permute2x128_si256(u[k], u[4 + k], 0x20));
+                    _mm256_storeu_si256((__m256i *)(dst + 16 * (8 * half + 4 + k)), _mm256_permute2x128_si256(u[k], u[4 + k], 0x31));
+                }
+            }
+        }
+    }
+}
+
+TARGET void d2moe_q8_gemm_avx2(const void *w, long rows, long cols, const int16_t *xq, const float *xscale, long tokens,
+                               float *y, long row_begin, long row_end) {
+    if (cols % 32 != 0) return;
+    const long groups = cols / 32, per = CHUNK / 32;
+    int16_t scratch[4 * CHUNK * 8] __attribute__((aligned(32)));
+    float ws[4 * (CHUNK / 32) * 8];
+    for (long r0 = row_begin; r0 < row_end; r0 += 32) {
+        const long nrows = row_end - r0 < 32 ? row_end - r0 : 32;
+        for (long j0 = 0; j0 < groups; j0 += per) {
+            const long ng = groups - j0 < per ? groups - j0 : per;
+            q8_block((const uint8_t *)w, cols, r0, nrows, j0, ng, scratch, ws);
+            for (int o = 0; o < 4 && 8 * o < nrows; o += 2) {
+                const int n0 = nrows - 8 * o < 8 ? (int)(nrows - 8 * o) : 8;
+                const int n1 = nrows - 8 * o <= 8 ? 0 : nrows - 8 * o - 8 < 8 ? (int)(nrows - 8 * o - 8) : 8;
+                const int16_t *w0 = scratch + o * ng * 256, *w1 = w0 + ng * 256;
+                const float *ws0 = ws + o * ng * 8, *ws1 = ws0 + ng * 8;
+                long t0 = 0;
+                for (; t0 + RN <= tokens; t0 += RN)
+                    octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, 32, j0, ng, t0, y, rows, r0 + 8 * o, n0, n1, j0 == 0, RN);
+                switch (tokens - t0) {
+                case 1: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, 32, j0, ng, t0, y, rows, r0 + 8 * o, n0, n1, j0 == 0, 1); break;
+                case 2: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, 32, j0, ng, t0, y, rows, r0 + 8 * o, n0, n1, j0 == 0, 2); break;
+                default: break;
+                }
+            }
+        }
+    }
+}
 #else
 void d2moe_mwq_gemm_avx2(const int16_t *xq, const float *xscale, long tokens, long rows, long cols, int group,
                          const uint8_t *const *levels, int base_bits, int sign_levels, long block_begin, long block_end,
                          float *y) {
     (void)xq; (void)xscale; (void)tokens; (void)rows; (void)cols; (void)group; (void)levels; (void)base_bits;
     (void)sign_levels; (void)block_begin; (void)block_end; (void)y;
+}
+void d2moe_q8_gemm_avx2(const void *w, long rows, long cols, const int16_t *xq, const float *xscale, long tokens,
+                        float *y, long row_begin, long row_end) {
+    (void)w; (void)rows; (void)cols; (void)xq; (void)xscale; (void)tokens; (void)y; (void)row_begin; (void)row_end;
 }
 #endif

@@ -20,6 +20,11 @@ public enum KernelPath: String, Sendable, CaseIterable {
 public enum Kernels {
     /// y[t, r] = Σ_c W[r, c] · x[t, c]; x: [tokens, W.cols], y: [tokens, W.rows]. Rows are split
     /// over the pool's threads.
+    /// Q8_0 products of at least this many tokens take the int16 GEMM route on AVX2 (activations
+    /// at ±1023 per 32 columns instead of int8, so also closer to the float product). Measured on
+    /// 1536x576, one core: 1.2x the int8 kernel at 4 tokens, 1.6x at 8, 2.3x at 128.
+    public static let q8GemmMinTokens = 4
+
     public static func matmul(_ w: DenseMatrix, _ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>,
                               pool: ComputePool = .shared, path: KernelPath = .best) {
         // Chunks of rows, a multiple of 4, about 4 per thread so uneven progress evens out;
@@ -28,6 +33,20 @@ public enum Kernels {
         let chunks = work < 32_768 ? 1 : min(pool.threadCount * 4, max(1, w.rows / 16))
         let per = ((w.rows + chunks - 1) / chunks + 3) & ~3
         let n = (w.rows + per - 1) / per
+        if w.elementType == .q8_0, path == .avx2, tokens >= q8GemmMinTokens {
+            // int16 activations per 32 columns (the MWQ kernels' integers at group 32) and the
+            // codes themselves as int16 weights: the GEMM route of mwq_gemm_avx2.c.
+            withUnsafeTemporaryAllocation(byteCount: tokens * w.cols * 2 + tokens * w.cols / 8, alignment: 64) { m in
+                let xs = m.baseAddress!.bindMemory(to: Float.self, capacity: tokens * w.cols / 32)
+                let xq = (m.baseAddress! + tokens * w.cols / 8).bindMemory(to: Int16.self, capacity: tokens * w.cols)
+                d2moe_mwq_prepare_avx2(x, tokens, w.cols, 32, nil, xs, nil, xq)
+                pool.parallelFor(n) { chunk in
+                    let r0 = chunk * per, r1 = min(w.rows, r0 + per)
+                    d2moe_q8_gemm_avx2(w.base, w.rows, w.cols, xq, xs, tokens, y, r0, r1)
+                }
+            }
+            return
+        }
         if w.elementType == .q8_0 {
             // Activations to Q8_0 as well: tokens·cols bytes and a scale per 32, on the stack for decode.
             withUnsafeTemporaryAllocation(byteCount: tokens * w.cols + tokens * w.cols / 8, alignment: 64) { m in

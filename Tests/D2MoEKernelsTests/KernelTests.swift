@@ -51,14 +51,16 @@ import D2MoEKernels
                 Kernels.matmul(w, x, tokens: tokens, &fast, path: path)
                 Reference.matmul(w, x, tokens: tokens, &reference)
                 // Float accumulation over `cols` terms of magnitude ≤ 1; Q8_0 also rounds x to
-                // 8 bits per 32, moving each output by at most Σ_c |w[r, c]|·(amax of c's block)/254.
+                // 8 bits per 32, moving each output by at most Σ_c |w[r, c]|·(amax of c's block)/254
+                // — or, on the AVX2 GEMM route for several tokens, to ±1023 per 32: amax/2046.
+                let steps: Float = path == .avx2 && tokens >= Kernels.q8GemmMinTokens ? 2046 : 254
                 for t in 0..<tokens {
                     for r in 0..<rows {
                         var bound = 1e-6 * Float(cols).squareRoot() * 4
                         if type == .q8_0 {
                             for c in 0..<cols {
                                 let block = x[(t * cols + c / 32 * 32)..<(t * cols + c / 32 * 32 + 32)]
-                                bound += abs(w.element(r, c)) * block.map { abs($0) }.max()! / 254 * 1.001
+                                bound += abs(w.element(r, c)) * block.map { abs($0) }.max()! / steps * 1.001
                             }
                         }
                         let err = abs(fast[t * rows + r] - reference[t * rows + r])

@@ -83,6 +83,14 @@ void d2moe_q8_quantize_avx2(const float *x, long n, int8_t *xq, float *xs);
 void d2moe_q8_matmul_avx2(const void *w, long rows, long cols, const int8_t *xq, const float *xs, long tokens,
                           float *y, long row_begin, long row_end);
 
+/// y[t * rows + r] = sum_j d[r, j] * xscale[t, j] * sum_{c in block j} q[r, c] * xq[t, c] for rows r in
+/// [row_begin, row_end), W in ggml's Q8_0 layout (scale d and int8 codes q per 32 columns), xq and
+/// xscale the int16 activations d2moe_mwq_prepare_avx2 makes with group 32 (|xq| <= 1023): the
+/// GEMM route of mwq_gemm_avx2.c with the codes themselves as its weights, for many tokens.
+/// Uses AVX2+FMA+F16C; call only when d2moe_cpu_features() reports them.
+void d2moe_q8_gemm_avx2(const void *w, long rows, long cols, const int16_t *xq, const float *xscale, long tokens,
+                        float *y, long row_begin, long row_end);
+
 /// CRC-32 (IEEE 802.3, zlib's) of n bytes continuing from `crc` (0 to start), slicing by 8:
 /// eight table lookups per 8 bytes, so verifying an expert piece keeps up with the SSD.
 uint32_t d2moe_crc32(uint32_t crc, const void *bytes, size_t n);
