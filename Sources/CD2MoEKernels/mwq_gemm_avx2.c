@@ -170,6 +170,29 @@ INLINE void octets_tokens(const int16_t *w0, const int16_t *w1, const float *ws0
         }
 }
 
+// Multiplies the requantized chunk in scratch (rows r0 … r0 + nrows − 1, nrows ≤ 32; groups
+// [j0, j0 + ng) of g columns) with every token, two octets at a time.
+TARGET static void multiply_chunk(const int16_t *scratch, const float *ws, const int16_t *xq, const float *xscale,
+                                  long tokens, long rows, long cols, long groups, int g, long j0, long ng, long r0,
+                                  long nrows, float *y) {
+    const long octet = ng * (g / 4) * 32;  // int16 of one octet's scratch
+    for (int o = 0; o < 4 && 8 * o < nrows; o += 2) {
+        const int n0 = nrows - 8 * o < 8 ? (int)(nrows - 8 * o) : 8;
+        const int n1 = nrows - 8 * o <= 8 ? 0 : nrows - 8 * o - 8 < 8 ? (int)(nrows - 8 * o - 8) : 8;
+        const int16_t *w0 = scratch + o * octet, *w1 = w0 + octet;
+        const float *ws0 = ws + o * ng * 8, *ws1 = ws0 + ng * 8;
+        const long at = r0 + 8 * o;
+        long t0 = 0;
+        for (; t0 + RN <= tokens; t0 += RN)
+            octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, g, j0, ng, t0, y, rows, at, n0, n1, j0 == 0, RN);
+        switch (tokens - t0) {
+        case 1: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, g, j0, ng, t0, y, rows, at, n0, n1, j0 == 0, 1); break;
+        case 2: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, g, j0, ng, t0, y, rows, at, n0, n1, j0 == 0, 2); break;
+        default: break;
+        }
+    }
+}
+
 TARGET void d2moe_mwq_gemm_avx2(const int16_t *xq, const float *xscale, long tokens, long rows, long cols, int group,
                                 const uint8_t *const *levels, int base_bits, int sign_levels, long block_begin,
                                 long block_end, float *y) {
@@ -183,22 +206,8 @@ TARGET void d2moe_mwq_gemm_avx2(const int16_t *xq, const float *xscale, long tok
         for (long j0 = 0; j0 < groups; j0 += per) {
             const long ng = groups - j0 < per ? groups - j0 : per;
             requantize(levels, base_bits, sign_levels, groups, group, rb, j0, ng, w, ws);
-            for (int o = 0; o < 4; o += 2) {
-                const long r0 = rb * 32 + 8 * o;
-                if (r0 >= rows) break;
-                const int n0 = rows - r0 < 8 ? (int)(rows - r0) : 8;
-                const int n1 = rows - r0 <= 8 ? 0 : rows - r0 - 8 < 8 ? (int)(rows - r0 - 8) : 8;
-                const int16_t *w0 = w + o * ng * (group / 4) * 32, *w1 = w0 + ng * (group / 4) * 32;
-                const float *ws0 = ws + o * ng * 8, *ws1 = ws0 + ng * 8;
-                long t0 = 0;
-                for (; t0 + RN <= tokens; t0 += RN)
-                    octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n0, n1, j0 == 0, RN);
-                switch (tokens - t0) {
-                case 1: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n0, n1, j0 == 0, 1); break;
-                case 2: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, group, j0, ng, t0, y, rows, r0, n0, n1, j0 == 0, 2); break;
-                default: break;
-                }
-            }
+            const long nrows = rows - rb * 32 < 32 ? rows - rb * 32 : 32;
+            multiply_chunk(w, ws, xq, xscale, tokens, rows, cols, groups, group, j0, ng, rb * 32, nrows, y);
         }
     }
 }
@@ -262,20 +271,7 @@ TARGET void d2moe_q8_gemm_avx2(const void *w, long rows, long cols, const int16_
         for (long j0 = 0; j0 < groups; j0 += per) {
             const long ng = groups - j0 < per ? groups - j0 : per;
             q8_block((const uint8_t *)w, cols, r0, nrows, j0, ng, scratch, ws);
-            for (int o = 0; o < 4 && 8 * o < nrows; o += 2) {
-                const int n0 = nrows - 8 * o < 8 ? (int)(nrows - 8 * o) : 8;
-                const int n1 = nrows - 8 * o <= 8 ? 0 : nrows - 8 * o - 8 < 8 ? (int)(nrows - 8 * o - 8) : 8;
-                const int16_t *w0 = scratch + o * ng * 256, *w1 = w0 + ng * 256;
-                const float *ws0 = ws + o * ng * 8, *ws1 = ws0 + ng * 8;
-                long t0 = 0;
-                for (; t0 + RN <= tokens; t0 += RN)
-                    octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, 32, j0, ng, t0, y, rows, r0 + 8 * o, n0, n1, j0 == 0, RN);
-                switch (tokens - t0) {
-                case 1: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, 32, j0, ng, t0, y, rows, r0 + 8 * o, n0, n1, j0 == 0, 1); break;
-                case 2: octets_tokens(w0, w1, ws0, ws1, xq, xscale, cols, groups, 32, j0, ng, t0, y, rows, r0 + 8 * o, n0, n1, j0 == 0, 2); break;
-                default: break;
-                }
-            }
+            multiply_chunk(scratch, ws, xq, xscale, tokens, rows, cols, groups, 32, j0, ng, r0, nrows, y);
         }
     }
 }

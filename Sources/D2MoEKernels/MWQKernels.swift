@@ -243,9 +243,9 @@ public enum MWQKernels {
             let m = p.matrix
             precondition((1...m.maxLevel).contains(p.levels), "MWQKernels.matmul: level \(p.levels) of \(m.maxLevel)")
             precondition(x.cols == m.cols && x.group == m.group, "MWQKernels.matmul: input prepared for \(x.cols) columns, group \(x.group)")
-            precondition(m.baseBits + p.levels - 1 <= Int(D2MOE_MWQ_MAX_PLANES), "MWQKernels.matmul: more than \(D2MOE_MWQ_MAX_PLANES) planes")
+            precondition(p.planes <= Int(D2MOE_MWQ_MAX_PLANES), "MWQKernels.matmul: more than \(D2MOE_MWQ_MAX_PLANES) planes")
             blocks += m.rowBlocks
-            work += m.rows * m.cols * x.tokens * (m.baseBits + p.levels - 1) / 16
+            work += m.rows * m.cols * x.tokens * p.planes / 16
             pointers += p.levels
         }
         guard blocks > 0, x.tokens > 0 else { return }
@@ -294,6 +294,8 @@ public struct MWQProduct: @unchecked Sendable {
     public var matrix: MWQMatrixView
     public var levels: Int
     public var output: UnsafeMutablePointer<Float>
+    /// Bit-planes read per weight: base bits plus sign levels.
+    public var planes: Int { matrix.baseBits + levels - 1 }
 
     public init(_ matrix: MWQMatrixView, levels: Int, _ output: UnsafeMutablePointer<Float>) {
         self.matrix = matrix

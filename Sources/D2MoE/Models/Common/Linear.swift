@@ -108,7 +108,7 @@ struct Linear {
         let view = list[0].matrix
         // Long inputs (prompts, experts' shares of them) take the route that requantizes each block of
         // rows once per call.
-        let gemm = list.allSatisfy { MWQKernels.prefersGemm(tokens: tokens, planes: $0.matrix.baseBits + $0.levels - 1) }
+        let gemm = list.allSatisfy { MWQKernels.prefersGemm(tokens: tokens, planes: $0.planes) }
         let route: MWQPreparedInput.Route = gemm ? .gemm : .tables
         // Tables are 8 bytes per input per token: stack space for decode steps.
         let size = MWQPreparedInput.byteCount(tokens: tokens, cols: view.cols, group: view.group, route: route)
