@@ -1,17 +1,17 @@
-// mremap for the expert pool's recycled piece buffers. Swift cannot call the variadic libc
-// declaration, hence this one-line wrapper.
+// mremap for the expert pool's recycled pages. Swift cannot call the variadic libc declaration,
+// hence this wrapper.
 #if defined(__linux__)
 #define _GNU_SOURCE
 #endif
 #include "CD2MoEKernels.h"
 #include <sys/mman.h>
 
-void *d2moe_remap(void *p, size_t old_size, size_t new_size) {
+int d2moe_move_pages(void *from, size_t length, void *to) {
 #if defined(__linux__)
-    void *q = mremap(p, old_size, new_size, MREMAP_MAYMOVE);
-    return q == MAP_FAILED ? NULL : q;
+    void *q = mremap(from, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+    return q == to ? 0 : -1;
 #else
-    (void)p; (void)old_size; (void)new_size;
-    return NULL;
+    (void)from; (void)length; (void)to;
+    return -1;
 #endif
 }

@@ -1,10 +1,18 @@
+import Foundation
 import CD2MoEKernels
 
-/// Anonymous page mappings that change size in place.
+/// Pages of anonymous mappings moved between mappings without copying.
 public enum Pages {
-    /// Resizes a mapping from `mmap` (MAP_ANONYMOUS) of `oldSize` bytes to `newSize`, keeping
-    /// the pages both sizes share: nil where the system cannot (then `p` is unchanged).
-    public static func remap(_ p: UnsafeMutableRawPointer, oldSize: Int, newSize: Int) -> UnsafeMutableRawPointer? {
-        d2moe_remap(p, oldSize, newSize)
+    /// The system's page size.
+    public static let size: Int = {
+        let n = sysconf(Int32(_SC_PAGESIZE))
+        return n > 0 ? n : 4096
+    }()
+
+    /// Moves the pages of `length` bytes at `from` (inside one anonymous mapping) to `to`,
+    /// replacing what is mapped there: the pages stay resident and keep their contents, and the
+    /// range at `from` is left unmapped. False (nothing moved) where the system cannot.
+    public static func move(from: UnsafeMutableRawPointer, length: Int, to: UnsafeMutableRawPointer) -> Bool {
+        d2moe_move_pages(from, length, to) == 0
     }
 }

@@ -208,6 +208,31 @@ import D2MoEKernels
         #expect(bfloat16BitsFromFloat(-2.5) == 0xC020)
     }
 
+    /// Pages moved from the middle of one mapping into another keep their contents; the pages
+    /// around them stay where they were.
+    @Test func movedPagesKeepTheirContents() throws {
+        let page = Pages.size, n = 6 * page
+        let map = { () throws -> UnsafeMutableRawPointer in
+            let p = mmap(nil, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            return try #require(p == MAP_FAILED ? nil : p)
+        }
+        let a = try map(), b = try map()
+        defer { munmap(a, n); munmap(b, n) }
+        for i in 0..<n { a.storeBytes(of: UInt8(truncatingIfNeeded: i &* 7 &+ 1), toByteOffset: i, as: UInt8.self) }
+        memset(b, 0xEE, n)
+        let ok = Pages.move(from: a + 2 * page, length: 3 * page, to: b + page)
+        #if os(Linux)
+        #expect(ok)
+        #endif
+        guard ok else { return }  // no mremap here: nothing moved
+        let moved = (0..<(3 * page)).allSatisfy { b.load(fromByteOffset: page + $0, as: UInt8.self) == UInt8(truncatingIfNeeded: (2 * page + $0) &* 7 &+ 1) }
+        #expect(moved)
+        #expect((0..<page).allSatisfy { b.load(fromByteOffset: $0, as: UInt8.self) == 0xEE && b.load(fromByteOffset: 4 * page + $0, as: UInt8.self) == 0xEE })
+        #expect((0..<(2 * page)).allSatisfy { a.load(fromByteOffset: $0, as: UInt8.self) == UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) })
+        // The source range is unmapped now: map it again so the deferred munmap has whole ranges.
+        _ = mmap(a + 2 * page, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+    }
+
     func maxError(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? 0 }
 }
 

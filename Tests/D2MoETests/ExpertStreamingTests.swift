@@ -67,9 +67,11 @@ struct ExpertStreamingTests {
                 let stats = backend.stats
                 #expect(stats.peakPoolBytes <= budget, "pool peak \(stats.peakPoolBytes) over budget \(budget)")
                 #expect(stats.evictions > 0, "a one-expert pool must evict")
-                // Evicted pieces' buffers take the next reads (same size or resized).
+                // Evicted pieces' buffers take the next reads (same size, or assembled from their
+                // pages): the pool never unmaps pages here, so fresh pages never pass the budget.
                 #expect(stats.buffersReused > 0 && stats.buffersReused + stats.buffersMapped == stats.total.piecesRead.reduce(0, +),
                         "reused \(stats.buffersReused), mapped \(stats.buffersMapped), read \(stats.total.piecesRead)")
+                #expect(stats.freshPageBytes <= budget, "fresh pages \(stats.freshPageBytes) bytes, budget \(budget)")
                 // One prompt step and four generation steps; a step's I/O busy and compute busy
                 // fit in its wall time, so the efficiency is at least 1.
                 #expect(stats.promptSteps.count == 1 && stats.generationSteps.count == 4)
@@ -84,6 +86,36 @@ struct ExpertStreamingTests {
                 #expect(total.piecesRead[level...].allSatisfy { $0 == 0 } && total.hits[level...].allSatisfy { $0 == 0 })
                 #expect(total.expertTokens[level - 1] == total.expertTokens.reduce(0, +))
             }
+        }
+    }
+
+    /// The synthetic tiny olmoe (experts 256x128, v1): its 2-bit base pieces span more pages than
+    /// its sign levels, unlike the fixtures' one-page pieces.
+    static func tinySynthetic() throws -> String {
+        let synth = directory.appendingPathComponent("tiny-moe-v1.mwq").path
+        if !FileManager.default.fileExists(atPath: synth) {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try SyntheticModel.write(shape: try SyntheticModel.shape(named: "tiny-moe"), scheme: try MWQConverter.Scheme("v1"), seed: 3, to: synth)
+        }
+        return synth
+    }
+
+    /// Pieces of different sizes take each other's pages: with gate-score bit-widths (so steps
+    /// need different levels of their experts) and a pool of one and a half experts, the fresh
+    /// pages given to reads stay within the budget while the pieces read add up to several
+    /// budgets, and the logits are those of a pool that holds everything.
+    @Test func piecesOfOtherSizesRecycleEachOthersPages() throws {
+        let path = try Self.tinySynthetic()
+        let (whole, probe) = try Self.streamed(path, budget: .fraction(1)) { $0.bitPolicy = "gate" }
+        let reference = try Self.logits(whole)
+        let budget = Self.oneExpert(probe) * 3 / 2
+        for direct in [true, false] {
+            let (model, backend) = try Self.streamed(path, budget: .bytes(budget)) { $0.directIO = direct; $0.bitPolicy = "gate" }
+            #expect(try Self.logits(model) == reference, "direct I/O \(direct): logits differ")
+            let stats = backend.stats
+            #expect(stats.peakPoolBytes <= budget)
+            #expect(stats.total.bytesRead > 2 * budget, "read \(stats.total.bytesRead) bytes with a budget of \(budget)")
+            #expect(stats.freshPageBytes <= budget, "direct I/O \(direct): fresh pages \(stats.freshPageBytes) bytes, budget \(budget)")
         }
     }
 

@@ -95,7 +95,9 @@ void d2moe_q8_gemm_avx2(const void *w, long rows, long cols, const int16_t *xq, 
 /// eight table lookups per 8 bytes, so verifying an expert piece keeps up with the SSD.
 uint32_t d2moe_crc32(uint32_t crc, const void *bytes, size_t n);
 
-/// Resizes an anonymous mapping made with mmap, moving it if it must (Linux mremap with
-/// MREMAP_MAYMOVE): pages kept stay mapped, so only growth is faulted in. NULL where the system
-/// has no mremap or it fails; `p` is then still mapped at its old size.
-void *d2moe_remap(void *p, size_t old_size, size_t new_size);
+/// Moves the pages of [from, from + length) of an anonymous mapping to `to`, replacing what is
+/// mapped there (Linux mremap with MREMAP_FIXED): the pages keep their contents and stay
+/// resident, nothing is copied or zeroed, and [from, from + length) is left unmapped. The range
+/// must lie within one mapping before Linux 6.17. Returns 0, or -1 (nothing moved) where the
+/// system has no mremap or refuses.
+int d2moe_move_pages(void *from, size_t length, void *to);

@@ -193,10 +193,11 @@ final class ExpertPool: @unchecked Sendable {
 
     /// Makes room for the pieces `keys` by evicting unpinned ready pieces; false (evicting
     /// nothing more than needed) when pinned pieces leave too little. The buffers of evicted
-    /// pieces are kept (still counted) and handed to the reads that follow, resized if they must
-    /// be: mapping fresh buffers instead cost a page fault and the zeroing of every page read
-    /// into, and a TLB shootdown per buffer unmapped (about a tenth of the CPU time of an
-    /// olmoe-1b-7b run at 32 requests, beside compute on two cores).
+    /// pieces are kept (still counted) and handed to the reads that follow, whole or as pages
+    /// moved into a buffer of another size (`PieceBuffer.assemble`): mapping fresh buffers instead
+    /// cost a page fault and the zeroing of every page read into, and a TLB shootdown per buffer
+    /// unmapped (about a tenth of the CPU time of an olmoe-1b-7b run at 32 requests, beside
+    /// compute on two cores).
     func reserve(_ keys: [PieceKey]) -> Bool {
         // Buffers set aside by an earlier call whose reads did not start go back.
         for buffer in claimed.values { spare.append(buffer); spareBytes += buffer.byteCount }
@@ -234,9 +235,9 @@ final class ExpertPool: @unchecked Sendable {
         return true
     }
 
-    /// Hands spare buffers to the pieces `keys` (same size first, then the largest left, resized)
-    /// and counts fresh buffers for the rest; unmaps spare buffers the budget cannot keep beside
-    /// them. Shrinking comes before growing, so the count never passes the budget on the way.
+    /// Hands spare buffers to the pieces `keys`: a spare buffer of the same size as it is, else
+    /// one assembled from spare buffers' pages (moved, not copied) and fresh pages only for what
+    /// the spare buffers lack. Moving pages changes no count, and reserve left room for the rest.
     private func assignSpare(_ keys: [PieceKey], sizes: [Int]) {
         var open: [Int] = []  // indices of keys without a same-size buffer
         for (i, key) in keys.enumerated() {
@@ -247,36 +248,33 @@ final class ExpertPool: @unchecked Sendable {
                 open.append(i)
             }
         }
+        // Largest last: a donor gives its pages from the end of the list.
         spare.sort { $0.byteCount < $1.byteCount }
-        var resized: [(Int, PieceBuffer)] = []
         for i in open {
-            guard let buffer = spare.popLast() else { break }
-            spareBytes -= buffer.byteCount
-            resized.append((i, buffer))
+            if let (buffer, moved) = PieceBuffer.assemble(byteCount: sizes[i], from: &spare) {
+                claimed[keys[i]] = buffer
+                spareBytes -= moved
+                used += sizes[i] - moved
+                freshBytes += sizes[i] - moved
+            } else {
+                used += sizes[i]  // startLoad maps it or fails
+            }
         }
-        let fresh = open.dropFirst(resized.count).reduce(0) { $0 + sizes[$1] }
-        let growth = resized.reduce(0) { $0 + sizes[$1.0] - $1.1.byteCount }
-        while used + growth + fresh > budget, let buffer = spare.first {
+        // Only when a buffer could not take every page it needed from the spares.
+        while used > budget, let buffer = spare.first {
             spare.removeFirst()
             spareBytes -= buffer.byteCount
             used -= buffer.byteCount
         }
-        for (i, buffer) in resized.sorted(by: { sizes[$0.0] - $0.1.byteCount < sizes[$1.0] - $1.1.byteCount }) {
-            let before = buffer.byteCount
-            if (try? buffer.resize(to: sizes[i])) != nil {
-                used += buffer.byteCount - before
-                claimed[keys[i]] = buffer
-            } else {
-                used -= before  // unmapped below; the key's read maps a fresh buffer
-                used += sizes[i]
-            }
-        }
-        used += fresh
     }
 
-    /// Reads that got a fresh buffer, and reads that got an evicted piece's.
+    /// Reads into a buffer mapped for them, and reads into spare buffers or buffers assembled
+    /// from spare pages.
     private(set) var buffersMapped = 0
     private(set) var buffersReused = 0
+    /// Bytes of fresh pages given to reads (each page is faulted in and zeroed by the read): at
+    /// most the budget plus what was unmapped, as later reads recycle pages.
+    private(set) var freshBytes = 0
     /// Spare buffers: unused, mapped, counted in `used`.
     private var spare: [PieceBuffer] = []
     private var spareBytes = 0
@@ -299,6 +297,7 @@ final class ExpertPool: @unchecked Sendable {
         } else {
             do { buffer = try PieceBuffer(byteCount: bytes) } catch { used -= bytes; throw error }
             buffersMapped += 1
+            freshBytes += bytes
         }
         let e = Entry(key: key, buffer: buffer, tick: tick)
         entries[key] = e

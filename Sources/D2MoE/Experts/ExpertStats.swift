@@ -101,6 +101,9 @@ public struct ExpertStreamStats: Codable, Sendable {
     /// Reads into freshly mapped buffers, and into buffers of evicted pieces.
     public var buffersMapped = 0
     public var buffersReused = 0
+    /// Bytes of fresh pages reads were given (faulted in and zeroed inside the read), over the
+    /// backend's life: the rest of its reads went into recycled pages.
+    public var freshPageBytes = 0
     public var directIO: Bool
     public var eviction: String
     public var bitPolicy: String
@@ -172,7 +175,7 @@ public struct ExpertStreamStats: Codable, Sendable {
             String(format: "experts: read %@ in %d pieces %@, hit ratio per level %@, %d evictions",
                    mib(t.bytesRead), t.piecesRead.reduce(0, +), "\(t.piecesRead)",
                    "[" + hitRatio.map { String(format: "%.2f", $0) }.joined(separator: ", ") + "]", evictions)
-                + " (\(buffersReused) reads into their buffers, \(buffersMapped) into fresh ones)",
+                + " (\(buffersReused) reads into recycled buffers, \(buffersMapped) into fresh ones; \(mib(freshPageBytes)) of fresh pages in all)",
             "experts: prefetched \(t.prefetched) pieces, \(t.prefetchHits) of them used"
                 + (t.predictedSlots > 0 ? String(format: "; next-layer prediction accuracy %.3f", predictionAccuracy) : "")
                 + (t.prefetchWithheld > 0 ? "; withheld in \(t.prefetchWithheld) layer steps (prediction accuracy below the minimum)" : ""),

@@ -144,11 +144,12 @@ final class ExpertStore: @unchecked Sendable {
     /// level's own copy otherwise.
     func levelsRead(at level: Int) -> ClosedRange<Int> { quantization.levelsRead(at: level) }
 
-    /// Bytes a piece occupies in the pool: its aligned read span under direct I/O.
+    /// Bytes a piece occupies in the pool: its read span (aligned under direct I/O) in whole pages,
+    /// as its buffer maps them.
     func allocationBytes(_ key: PieceKey) -> Int {
         let r = records[key.layer][key.expert]
         let (start, end) = span(offset: r.levelOffsets[key.level - 1], count: r.levelBytes[key.level - 1])
-        return end - start
+        return (end - start + Pages.size - 1) / Pages.size * Pages.size
     }
 
     func pieceBytes(_ key: PieceKey) -> Int { records[key.layer][key.expert].levelBytes[key.level - 1] }
@@ -201,37 +202,56 @@ final class ExpertStore: @unchecked Sendable {
 
 /// Page-aligned memory for one piece, mapped anonymously and unmapped on release, so the
 /// process's resident memory follows the pool's accounting (malloc would keep freed blocks).
-/// The pool recycles a buffer for later pieces (resizing it if it must), which spares the page
-/// faults and zeroing of fresh pages.
+///
+/// The pool recycles buffers: a piece whose size no spare buffer has gets a buffer assembled
+/// from spare buffers' pages, moved into a fresh address range without copying. Fresh pages
+/// would cost a page fault and the zeroing of every page inside the I/O thread's read: with
+/// buffers resized instead, 15% of an olmoe-1b-7b run's reads at 32 requests took fresh pages,
+/// 3.8 million page faults in all against 0.9 million for a baseline whose pieces all have one size.
 final class PieceBuffer: @unchecked Sendable {
-    private(set) var base: UnsafeMutableRawPointer
+    let base: UnsafeMutableRawPointer
+    /// A multiple of the page size; shrinks as spare pages are given to other buffers.
     private(set) var byteCount: Int
+    /// Byte lengths, in address order, of the runs of pages that were moved in together or
+    /// mapped together: each lies within one kernel mapping, which a move needs before Linux 6.17.
+    private var runs: [Int]
+    /// Runs a buffer may be assembled from: every run can be a kernel mapping of its own, and a
+    /// process has a limit on those (65530 by default).
+    static let maxRuns = 16
 
     init(byteCount: Int) throws {
-        let size = max(byteCount, 1)
+        let size = (max(byteCount, 1) + Pages.size - 1) / Pages.size * Pages.size
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
             throw ModelError("cannot allocate \(size) bytes for an expert piece (\(String(cString: strerror(errno))))")
         }
         base = p
         self.byteCount = size
+        runs = [size]
     }
 
-    /// Makes the buffer `newSize` bytes, keeping the pages both sizes share where the system can;
-    /// its contents are not preserved otherwise. Only for a buffer no piece uses.
-    func resize(to newSize: Int) throws {
-        let size = max(newSize, 1)
-        guard size != byteCount else { return }
-        if let p = Pages.remap(base, oldSize: byteCount, newSize: size) {
-            base = p
-        } else {
-            guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
-                throw ModelError("cannot allocate \(size) bytes for an expert piece (\(String(cString: strerror(errno))))")
-            }
-            munmap(base, byteCount)
-            base = p
+    /// A buffer of `byteCount` bytes (a multiple of the page size) whose pages are taken from the
+    /// ends of `donors`, last donor first, while they have pages and the runs allow; the rest are
+    /// fresh. Donors left with no pages are removed. Returns the buffer and the bytes it took from
+    /// donors, or nil (donors untouched) when no address range can be mapped.
+    static func assemble(byteCount: Int, from donors: inout [PieceBuffer]) -> (PieceBuffer, moved: Int)? {
+        guard let buffer = try? PieceBuffer(byteCount: byteCount) else { return nil }
+        var filled = 0
+        var moved: [Int] = []
+        while filled < buffer.byteCount, moved.count < maxRuns - 1, let donor = donors.last {
+            let take = min(donor.runs.last!, buffer.byteCount - filled)
+            guard Pages.move(from: donor.base + donor.byteCount - take, length: take, to: buffer.base + filled) else { break }
+            donor.byteCount -= take
+            donor.runs[donor.runs.count - 1] -= take
+            if donor.runs.last == 0 { donor.runs.removeLast() }
+            if donor.byteCount == 0 { donors.removeLast() }
+            moved.append(take)
+            filled += take
         }
-        byteCount = size
+        buffer.runs = moved + (filled < buffer.byteCount ? [buffer.byteCount - filled] : [])
+        return (buffer, filled)
     }
 
-    deinit { munmap(base, byteCount) }
+    deinit {
+        if byteCount > 0 { munmap(base, byteCount) }
+    }
 }

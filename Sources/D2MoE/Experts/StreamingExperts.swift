@@ -90,6 +90,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         s.evictions = pool.evictions
         s.buffersMapped = pool.buffersMapped
         s.buffersReused = pool.buffersReused
+        s.freshPageBytes = pool.freshBytes
         pool.lock.unlock()
         return s
     }
