@@ -18,13 +18,13 @@ public enum KernelPath: String, Sendable, CaseIterable {
 
 /// The fast kernels the model layer calls. Each has a `Reference` twin it is tested against.
 public enum Kernels {
-    /// y[t, r] = Σ_c W[r, c] · x[t, c]; x: [tokens, W.cols], y: [tokens, W.rows]. Rows are split
-    /// over the pool's threads.
     /// Q8_0 products of at least this many tokens take the int16 GEMM route on AVX2 (activations
     /// at ±1023 per 32 columns instead of int8, so also closer to the float product). Measured on
     /// 1536x576, one core: 1.2x the int8 kernel at 4 tokens, 1.6x at 8, 2.3x at 128.
     public static let q8GemmMinTokens = 4
 
+    /// y[t, r] = Σ_c W[r, c] · x[t, c]; x: [tokens, W.cols], y: [tokens, W.rows]. Rows are split
+    /// over the pool's threads.
     public static func matmul(_ w: DenseMatrix, _ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>,
                               pool: ComputePool = .shared, path: KernelPath = .best) {
         // Chunks of rows, a multiple of 4, about 4 per thread so uneven progress evens out;

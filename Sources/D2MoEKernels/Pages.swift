@@ -9,6 +9,9 @@ public enum Pages {
         return n > 0 ? n : 4096
     }()
 
+    /// `bytes` rounded up to whole pages.
+    public static func roundUp(_ bytes: Int) -> Int { (bytes + size - 1) / size * size }
+
     /// Moves the pages of `length` bytes at `from` (inside one anonymous mapping) to `to`,
     /// replacing what is mapped there: the pages stay resident and keep their contents, and the
     /// range at `from` is left unmapped. False (nothing moved) where the system cannot.

@@ -255,7 +255,7 @@ final class ExpertPool: @unchecked Sendable {
                 claimed[keys[i]] = buffer
                 spareBytes -= moved
                 used += sizes[i] - moved
-                freshBytes += sizes[i] - moved
+                freshPageBytes += sizes[i] - moved
             } else {
                 used += sizes[i]  // startLoad maps it or fails
             }
@@ -274,7 +274,7 @@ final class ExpertPool: @unchecked Sendable {
     private(set) var buffersReused = 0
     /// Bytes of fresh pages given to reads (each page is faulted in and zeroed by the read): at
     /// most the budget plus what was unmapped, as later reads recycle pages.
-    private(set) var freshBytes = 0
+    private(set) var freshPageBytes = 0
     /// Spare buffers: unused, mapped, counted in `used`.
     private var spare: [PieceBuffer] = []
     private var spareBytes = 0
@@ -297,7 +297,7 @@ final class ExpertPool: @unchecked Sendable {
         } else {
             do { buffer = try PieceBuffer(byteCount: bytes) } catch { used -= bytes; throw error }
             buffersMapped += 1
-            freshBytes += bytes
+            freshPageBytes += bytes
         }
         let e = Entry(key: key, buffer: buffer, tick: tick)
         entries[key] = e

@@ -149,7 +149,7 @@ final class ExpertStore: @unchecked Sendable {
     func allocationBytes(_ key: PieceKey) -> Int {
         let r = records[key.layer][key.expert]
         let (start, end) = span(offset: r.levelOffsets[key.level - 1], count: r.levelBytes[key.level - 1])
-        return (end - start + Pages.size - 1) / Pages.size * Pages.size
+        return Pages.roundUp(end - start)
     }
 
     func pieceBytes(_ key: PieceKey) -> Int { records[key.layer][key.expert].levelBytes[key.level - 1] }
@@ -220,7 +220,7 @@ final class PieceBuffer: @unchecked Sendable {
     static let maxRuns = 16
 
     init(byteCount: Int) throws {
-        let size = (max(byteCount, 1) + Pages.size - 1) / Pages.size * Pages.size
+        let size = Pages.roundUp(max(byteCount, 1))
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
             throw ModelError("cannot allocate \(size) bytes for an expert piece (\(String(cString: strerror(errno))))")
         }

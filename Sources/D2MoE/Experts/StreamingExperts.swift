@@ -90,7 +90,7 @@ public final class StreamingExperts: ExpertBackend, @unchecked Sendable {
         s.evictions = pool.evictions
         s.buffersMapped = pool.buffersMapped
         s.buffersReused = pool.buffersReused
-        s.freshPageBytes = pool.freshBytes
+        s.freshPageBytes = pool.freshPageBytes
         pool.lock.unlock()
         return s
     }
