@@ -113,6 +113,28 @@ struct BatchSchedulerTests {
         await scheduler.waitUntilStopped()
     }
 
+    /// A request's KV cache is freed when the request ends, before the next requests' caches are
+    /// made: kept until the next step, a finished group's caches stood beside the next group's.
+    @Test func finishedRequestsFreeTheirCachesBeforeTheNextAreMade() async throws {
+        let engine = try engine()
+        var limits = SchedulerLimits()
+        limits.maxBatch = 3
+        limits.prefillChunk = 64
+        let scheduler = BatchScheduler(engine: engine, limits: limits)
+        let made = WeakCaches(groupSize: 3)
+        scheduler.onCacheMade = { made.add($0) }
+        let prompts = try ["One", "Two three", "Four five six"].map { try tokens($0) }
+        for round in 0..<2 {
+            let handles = try scheduler.submit(group: prompts.map { ($0, greedy(4)) })
+            for h in handles { #expect(await collect(h.events).failure == nil) }
+            #expect(made.count == 3 * (round + 1))
+            #expect(made.alive == 0, "round \(round): \(made.alive) caches of finished requests still held")
+            #expect(made.aliveWhenMade == 0, "round \(round): a cache was made beside an earlier group's")
+        }
+        scheduler.shutdown()
+        await scheduler.waitUntilStopped()
+    }
+
     @Test func aLongPromptReadInChunksGivesTheSameContinuation() async throws {
         let engine = try engine()
         let prompt = String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 30)
@@ -211,6 +233,26 @@ final class Widest: @unchecked Sendable {
     var sequences: Int { lock.withLock { _sequences } }
     var count: Int { lock.withLock { _count } }
     var mixed: Bool { lock.withLock { _mixed } }
+}
+
+/// Weak references to the caches a scheduler made, and how many earlier ones were alive when
+/// each group's first cache was made.
+final class WeakCaches: @unchecked Sendable {
+    private struct Ref { weak var cache: KVCache? }
+    private let groupSize: Int
+    private let lock = NSLock()
+    private var refs: [Ref] = []
+    private var _aliveWhenMade = 0
+    init(groupSize: Int) { self.groupSize = groupSize }
+    func add(_ c: KVCache) {
+        lock.withLock {
+            if refs.count % groupSize == 0 { _aliveWhenMade += refs.filter { $0.cache != nil }.count }
+            refs.append(Ref(cache: c))
+        }
+    }
+    var count: Int { lock.withLock { refs.count } }
+    var alive: Int { lock.withLock { refs.filter { $0.cache != nil }.count } }
+    var aliveWhenMade: Int { lock.withLock { _aliveWhenMade } }
 }
 
 final class FirstStep: @unchecked Sendable {

@@ -73,6 +73,8 @@ public final class BatchScheduler: @unchecked Sendable {
     /// Test hook: runs before each forward pass with the ids of the requests in it; throwing makes
     /// that pass fail as a failing model step would.
     package var stepFault: (@Sendable ([Int]) throws -> Void)?
+    /// Test hook: called on the scheduler thread with each request's KV cache when it is made.
+    package var onCacheMade: (@Sendable (KVCache) -> Void)?
 
     private let condition = NSCondition()
     private var queue: [Slot] = []
@@ -207,7 +209,10 @@ public final class BatchScheduler: @unchecked Sendable {
                 running.append(head)
             }
             condition.unlock()
-            for s in running where s.cache == nil { s.admit(model: engine.model) }
+            for s in running where s.cache == nil {
+                s.admit(model: engine.model)
+                onCacheMade?(s.cache!)
+            }
             step(&batch, &logits)
             // Release what ended.
             let ended = running.filter(\.done)
@@ -269,6 +274,11 @@ public final class BatchScheduler: @unchecked Sendable {
             logits.withUnsafeBufferPointer { s.accept(logits: $0.baseAddress! + row * vocab, vocabularySize: vocab, context: engine.contextLength) }
         }
         onStep?(SchedulerStep(sequences: live.count, decodeTokens: decode, prefillTokens: prefillTokens, seconds: seconds(since: start)))
+        // A request that ended in this step must not keep its cache alive through these lists
+        // until the next step: the next requests' caches would be made beside it, and the freed
+        // memory stays with the allocator (32 olmoe-1b-7b prompts of 16 tokens: 133 MiB more peak).
+        live.removeAll(keepingCapacity: true)
+        caches.removeAll(keepingCapacity: true)
     }
 
     /// Runs the batch; if it fails with several sequences in it, runs each sequence alone so that

@@ -50,7 +50,10 @@ extension SpeedBenchmark {
                 let log = try runRound(scheduler, steps, prompts: prompts, forced: forced)
                 if round > 0 { tg.append(log.tokensPerSecond(prefill: false)) }
             }
-            kvBytes = max(kvBytes, requests * (max(promptTokens, generateTokens + 1)) * engine.model.kvBytesPerPosition)
+            // The scheduler sizes each cache to its prompt plus its most tokens: the prompt round's
+            // requests generate one token, the generation round's start from one.
+            let positions = max(promptTokens > 0 ? promptTokens + 1 : 0, generateTokens > 0 ? generateTokens + 2 : 0)
+            kvBytes = max(kvBytes, requests * min(engine.contextLength, positions) * engine.model.kvBytesPerPosition)
         }
         return result(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens, requests: requests,
                       pp: pp, tg: tg, memory: memory, kvCacheBytes: kvBytes, driver: .scheduler)
