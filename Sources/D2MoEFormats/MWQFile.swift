@@ -370,6 +370,25 @@ public final class MWQFile: @unchecked Sendable {
         return MWQMatrixView(rows: t.shape[0], cols: t.shape[1], group: g, baseBits: b, levels: [bytes.baseAddress!])
     }
 
+    /// A resident tensor of a plain element type as a [rows, cols] matrix read in place (the last
+    /// dimension is cols); nil for "mwqN" matrices.
+    public func residentMatrix(_ name: String) throws -> DenseMatrix? {
+        guard let t = residentTensor(name) else { throw FormatError(path, "no resident tensor '\(name)'") }
+        guard t.mwqBaseBits == nil else { return nil }
+        let b = try file.bytes(at: t.offset, count: t.bytes, what: name)
+        let cols = t.shape.last ?? 1, rows = t.shape.reduce(1, *) / cols
+        guard let type = ElementType(rawValue: t.dtype) else { throw FormatError(path, "resident tensor '\(name)' has type \(t.dtype)") }
+        return DenseMatrix(rows: rows, cols: cols, elementType: type, base: b.baseAddress!, owner: file)
+    }
+
+    /// Drops the mapped pages of rows `rows` of the resident matrix `name` (read again from the
+    /// file if touched), after a load has converted them.
+    public func releaseResidentRows(_ name: String, _ rows: Range<Int>) {
+        guard let t = residentTensor(name), let type = ElementType(rawValue: t.dtype) else { return }
+        let rowBytes = type.rowBytes(cols: t.shape.last ?? 1)
+        file.releaseResidentPages(at: t.offset + rows.lowerBound * rowBytes, count: rows.count * rowBytes)
+    }
+
     /// A resident tensor as float32 (an "mwqN" matrix dequantized).
     public func floats(_ name: String) throws -> [Float] {
         guard let t = residentTensor(name) else { throw FormatError(path, "no resident tensor '\(name)'") }
@@ -379,8 +398,7 @@ public final class MWQFile: @unchecked Sendable {
             let level = try MWQMatrix.level(0, from: b, rows: rows, cols: cols, group: g, baseBits: bits)
             return MWQMatrix(rows: rows, cols: cols, group: g, baseBits: bits, levels: [level]).dequantize(level: 1)
         }
-        guard let type = ElementType(rawValue: t.dtype) else { throw FormatError(path, "resident tensor '\(name)' has type \(t.dtype)") }
-        let m = DenseMatrix(rows: rows, cols: cols, elementType: type, base: b.baseAddress!, owner: file)
+        let m = try residentMatrix(name)!
         var out = [Float](repeating: 0, count: rows * cols)
         out.withUnsafeMutableBufferPointer { o in for r in 0..<rows { m.row(r, into: o.baseAddress! + r * cols) } }
         return out

@@ -45,9 +45,16 @@ public final class MappedFile: @unchecked Sendable {
 
     /// Lets the kernel drop the mapping's resident pages (they are read again from the file if
     /// touched): after a load has copied what it needs, the mapping stops counting as memory.
-    public func releaseResidentPages() {
-        guard let base else { return }
-        _ = madvise(UnsafeMutableRawPointer(mutating: base), size, Int32(MADV_DONTNEED))
+    public func releaseResidentPages() { releaseResidentPages(at: 0, count: size) }
+
+    /// As `releaseResidentPages()`, for the whole pages within `count` bytes at `offset`: a load
+    /// that converts a tensor a few rows at a time drops each block's pages once it has read them.
+    public func releaseResidentPages(at offset: Int, count: Int) {
+        guard let base, offset >= 0, count > 0, offset < size else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (offset + page - 1) / page * page, end = min(offset + count, size) / page * page
+        guard end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, Int32(MADV_DONTNEED))
     }
 }
 

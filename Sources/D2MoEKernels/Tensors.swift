@@ -33,6 +33,14 @@ public final class AlignedBuffer: @unchecked Sendable {
         pointer.initializeMemory(as: UInt8.self, repeating: 0, count: max(byteCount, 1))
     }
 
+    /// Allocates `byteCount` bytes left as the allocator gives them, for memory that is always
+    /// written before it is read: a large block's pages then become resident only as they are
+    /// written (a KV cache sized for the whole context holds only the positions used).
+    public init(uninitializedByteCount byteCount: Int, alignment: Int = 64) {
+        self.byteCount = byteCount
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: alignment)
+    }
+
     /// The memory as `count` floats.
     public func floats(count: Int? = nil) -> UnsafeMutablePointer<Float> {
         pointer.bindMemory(to: Float.self, capacity: count ?? byteCount / 4)
@@ -106,21 +114,47 @@ public struct DenseMatrix: @unchecked Sendable {
     /// it: d = amax/127 per block (stored as float16), q = round(w/d).
     public static func quantized(rows: Int, cols: Int, values: UnsafeBufferPointer<Float>, type: ElementType) -> DenseMatrix {
         precondition(values.count == rows * cols, "DenseMatrix: \(values.count) values for \(rows)x\(cols)")
+        precondition(type.holds(cols: cols), "DenseMatrix: Q8_0 rows must be a multiple of 32 long, not \(cols)")
         let buffer = AlignedBuffer(byteCount: rows * type.rowBytes(cols: cols))
-        let src = values.baseAddress!
+        convert(values.baseAddress!, count: rows * cols, to: type, into: buffer.pointer)
+        return DenseMatrix(rows: rows, cols: cols, elementType: type, base: buffer.pointer, owner: buffer)
+    }
+
+    /// As `quantized(values:)`, from float32 rows that `fill` writes a block at a time (rows
+    /// `range` into its buffer, [range.count, cols]): loading then never holds a float32 copy of
+    /// the whole matrix (393 MiB for a 50304 × 2048 embedding stored as float16).
+    public static func quantized(rows: Int, cols: Int, type: ElementType, blockRows: Int? = nil,
+                                 fill: (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows -> DenseMatrix {
+        precondition(type.holds(cols: cols), "DenseMatrix: Q8_0 rows must be a multiple of 32 long, not \(cols)")
+        let rowBytes = type.rowBytes(cols: cols)
+        let buffer = AlignedBuffer(byteCount: rows * rowBytes)
+        let block = max(1, min(rows, blockRows ?? (1 << 20) / max(cols, 1)))  // 4 MiB of float32 by default
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, block * cols))
+        defer { scratch.deallocate() }
+        var r = 0
+        while r < rows {
+            let n = min(block, rows - r)
+            try fill(r..<(r + n), scratch)
+            convert(scratch, count: n * cols, to: type, into: buffer.pointer + r * rowBytes)
+            r += n
+        }
+        return DenseMatrix(rows: rows, cols: cols, elementType: type, base: buffer.pointer, owner: buffer)
+    }
+
+    /// `count` float32 values as `type` at `dst` (whole rows, so Q8_0 blocks never straddle a call).
+    private static func convert(_ src: UnsafePointer<Float>, count: Int, to type: ElementType, into dst: UnsafeMutableRawPointer) {
         switch type {
         case .f32:
-            buffer.pointer.copyMemory(from: src, byteCount: rows * cols * 4)
+            dst.copyMemory(from: src, byteCount: count * 4)
         case .f16:
-            let dst = buffer.pointer.bindMemory(to: UInt16.self, capacity: rows * cols)
-            for i in 0..<(rows * cols) { dst[i] = halfBitsFromFloat(src[i]) }
+            let d = dst.bindMemory(to: UInt16.self, capacity: count)
+            for i in 0..<count { d[i] = halfBitsFromFloat(src[i]) }
         case .bf16:
-            let dst = buffer.pointer.bindMemory(to: UInt16.self, capacity: rows * cols)
-            for i in 0..<(rows * cols) { dst[i] = bfloat16BitsFromFloat(src[i]) }
+            let d = dst.bindMemory(to: UInt16.self, capacity: count)
+            for i in 0..<count { d[i] = bfloat16BitsFromFloat(src[i]) }
         case .q8_0:
-            precondition(cols % 32 == 0, "DenseMatrix: Q8_0 rows must be a multiple of 32 long, not \(cols)")
-            for b in 0..<(rows * cols / 32) {
-                let block = buffer.pointer + 34 * b, w = src + 32 * b
+            for b in 0..<(count / 32) {
+                let block = dst + 34 * b, w = src + 32 * b
                 var amax: Float = 0
                 for i in 0..<32 { amax = max(amax, abs(w[i])) }
                 let d = amax / 127, inv = amax > 0 ? 127 / amax : 0
@@ -128,7 +162,6 @@ public struct DenseMatrix: @unchecked Sendable {
                 for i in 0..<32 { block.storeBytes(of: Int8((w[i] * inv).rounded(.toNearestOrEven)), toByteOffset: 2 + i, as: Int8.self) }
             }
         }
-        return DenseMatrix(rows: rows, cols: cols, elementType: type, base: buffer.pointer, owner: buffer)
     }
 }
 

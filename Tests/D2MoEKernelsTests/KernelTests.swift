@@ -210,6 +210,25 @@ import D2MoEKernels
 
     /// Pages moved from the middle of one mapping into another keep their contents; the pages
     /// around them stay where they were.
+    /// Converting a matrix a few rows at a time (the load path) gives the same bytes as converting
+    /// all of it at once, for every element type, with blocks that do not divide the rows.
+    @Test func matrixBuiltRowBlocksAtATimeEqualsTheWholeConversion() {
+        var rng = SeededRandom(seed: 11)
+        let rows = 37, cols = 64
+        let values = (0..<(rows * cols)).map { _ in Float(rng.uniform() * 4 - 2) }
+        for type in [ElementType.f32, .f16, .bf16, .q8_0] {
+            let whole = DenseMatrix.random(rows: rows, cols: cols, type: type, values: values)
+            var calls = 0
+            let blocked = DenseMatrix.quantized(rows: rows, cols: cols, type: type, blockRows: 5) { range, out in
+                calls += 1
+                for (i, r) in range.enumerated() { for c in 0..<cols { out[i * cols + c] = values[r * cols + c] } }
+            }
+            let bytes = rows * type.rowBytes(cols: cols)
+            #expect(calls == 8, "\(type): \(calls) blocks of at most 5 rows for 37 rows")
+            #expect(memcmp(whole.base, blocked.base, bytes) == 0, "\(type): the blocked conversion differs")
+        }
+    }
+
     @Test func movedPagesKeepTheirContents() throws {
         let page = Pages.size, n = 6 * page
         let map = { () throws -> UnsafeMutableRawPointer in

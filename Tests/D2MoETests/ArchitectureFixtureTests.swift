@@ -91,6 +91,23 @@ import D2MoE
         }
     }
 
+    /// A KV cache sized for a long context holds in memory only the positions written: zeroing
+    /// it at creation made the whole capacity resident (1 GiB for olmoe-1b-7b at 4096 positions).
+    @Test func aLargeKVCacheBecomesResidentOnlyAsItIsWritten() throws {
+        let model = try load("llama")
+        let capacity = (512 << 20) / model.kvBytesPerPosition
+        let before = ProcessMemory.residentBytes
+        let cache = model.makeCache(capacity: capacity)
+        let grown = ProcessMemory.residentBytes - before
+        #expect(cache.byteCount >= 512 << 20)
+        #expect(grown < 128 << 20, "a \(cache.byteCount >> 20) MiB cache made \(grown >> 20) MiB resident before any write")
+        // Positions written and attended still give the logits of a fresh small cache.
+        let small = model.makeCache(capacity: 8)
+        let batch = [BatchToken(sequence: 0, position: 0, token: 1, wantsLogits: false),
+                     BatchToken(sequence: 0, position: 1, token: 2, wantsLogits: true)]
+        #expect(try model.forward(batch, caches: [cache]) == model.forward(batch, caches: [small]))
+    }
+
     @Test func positionPastTheContextIsAnErrorNotACrash() throws {
         let model = try load("llama")
         let cache = model.makeCache(capacity: 4)

@@ -62,6 +62,22 @@ final class MWQWeights: PackedWeightSource {
         return nil
     }
 
+    /// Resident matrices of a plain element type, a few rows at a time, so loading converts them
+    /// without a float32 copy of the whole tensor.
+    func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)? {
+        guard file.residentTensor(name) != nil else { return nil }
+        let m: DenseMatrix?
+        do { m = try file.residentMatrix(name) } catch let e as FormatError { throw ModelError(e.description) }
+        guard let m else { return nil }
+        let file = self.file
+        return { range, out in
+            for r in range { m.row(r, into: out + (r - range.lowerBound) * m.cols) }
+            // The converted copy is what the model keeps: the file's pages need not stay resident
+            // beside it while the rest loads (the load's peak would hold both).
+            file.releaseResidentRows(name, range)
+        }
+    }
+
     /// Resident tensors as stored; quantized matrices dequantized at `level` (the plain path).
     func floats(_ name: String) throws -> [Float] {
         do {

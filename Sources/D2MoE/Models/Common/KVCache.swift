@@ -16,8 +16,10 @@ public final class KVCache: @unchecked Sendable {
     init(capacity: Int, kvWidths: [Int]) {
         self.capacity = capacity
         self.kvWidths = kvWidths
-        keys = kvWidths.map { AlignedBuffer(byteCount: capacity * $0 * 4) }
-        values = kvWidths.map { AlignedBuffer(byteCount: capacity * $0 * 4) }
+        // Not zeroed: positions are written before they are attended, and zeroing would make the
+        // whole capacity resident at once (1 GiB for olmoe-1b-7b's 4096 positions).
+        keys = kvWidths.map { AlignedBuffer(uninitializedByteCount: capacity * $0 * 4) }
+        values = kvWidths.map { AlignedBuffer(uninitializedByteCount: capacity * $0 * 4) }
     }
 
     /// Bytes held by the cache.

@@ -10,6 +10,13 @@ public protocol WeightSource: AnyObject {
     func shape(of name: String) -> [Int]?
     /// All elements as float32, row-major in PyTorch order.
     func floats(_ name: String) throws -> [Float]
+    /// For a [rows, cols] tensor this source can read a few rows at a time: a function writing rows
+    /// `range` as float32 into its buffer. nil: only `floats` (the whole tensor) is available.
+    func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)?
+}
+
+extension WeightSource {
+    public func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)? { nil }
 }
 
 /// Errors building a model: the message names the file, the tensor and the problem.
@@ -142,8 +149,11 @@ extension WeightSource {
 
     /// A [rows, cols] weight, checked against the expected shape.
     func matrix(_ name: String, rows: Int, cols: Int, dtype: ElementType) throws -> DenseMatrix {
-        let values = try checkedFloats(name, shape: [rows, cols])
-        return DenseMatrix.make(rows: rows, cols: cols, values: values, dtype: dtype)
+        try checkShape(name, [rows, cols])
+        if let read = try rowReader(name) {
+            return DenseMatrix.quantized(rows: rows, cols: cols, type: dtype.holds(cols: cols) ? dtype : .f16, fill: read)
+        }
+        return DenseMatrix.make(rows: rows, cols: cols, values: try floats(name), dtype: dtype)
     }
 
     /// A vector of n elements.
@@ -152,13 +162,17 @@ extension WeightSource {
     }
 
     func checkedFloats(_ name: String, shape expected: [Int]) throws -> [Float] {
+        try checkShape(name, expected)
+        return try floats(name)
+    }
+
+    func checkShape(_ name: String, _ expected: [Int]) throws {
         guard let shape = shape(of: name) else {
             throw ModelError("\(origin): missing tensor '\(name)'")
         }
         guard shape == expected else {
             throw ModelError("\(origin): tensor '\(name)' has shape \(shape), expected \(expected)")
         }
-        return try floats(name)
     }
 }
 
