@@ -114,9 +114,14 @@ struct ModelBench: AsyncParsableCommand {
                 print(String(format: "model %@ | weights %@ | threads %d", modelOptions.model, formatBytes(result.weightBytes), result.threads))
                 print(String(format: "pp%d: %.1f ± %.1f tokens/s", promptTokens, result.promptTokensPerSecond, result.promptStdDev))
                 print(String(format: "tg%d: %.1f ± %.1f tokens/s", generateTokens, result.generationTokensPerSecond, result.generationStdDev))
-                print(String(format: "generation reads %.1f MB of weights per token: %.1f GB/s = %.0f%% of the measured read bandwidth (%.1f GB/s)",
-                             Double(result.weightBytesPerToken) / 1e6, result.generationGBPerSecond,
-                             100 * result.bandwidthFraction, result.readBandwidth / 1e9))
+                if result.readBandwidth > 0 {
+                    print(String(format: "generation reads %.1f MB of weights per token: %.1f GB/s = %.0f%% of the measured read bandwidth (%.1f GB/s)",
+                                 Double(result.weightBytesPerToken) / 1e6, result.generationGBPerSecond,
+                                 100 * result.bandwidthFraction, result.readBandwidth / 1e9))
+                } else {
+                    print(String(format: "generation reads %.1f MB of resident weights per token (no bandwidth probe: experts stream under the memory budget)",
+                                 Double(result.weightBytesPerToken) / 1e6))
+                }
                 print("resident memory after load \(formatBytes(result.startResidentBytes)), peak during the run \(formatBytes(result.runPeakResidentBytes))\(result.peakReset ? "" : " (peak not resettable: includes loading)"), peak overall \(formatBytes(result.peakResidentBytes)) | KV cache \(formatBytes(result.kvCacheBytes))")
                 if let experts = result.experts {
                     print(experts.summary(perLayer: perLayer))

@@ -16,9 +16,11 @@ public enum SpeedBenchmark {
         /// Bytes of weights one decode step reads (every dense matrix once).
         public var weightBytesPerToken: Int
         public var generationGBPerSecond: Double
-        /// Memory read bandwidth measured in the same run (bytes/s, all threads).
+        /// Memory read bandwidth measured in the same run (bytes/s, all threads); 0 when experts
+        /// stream under a memory budget (the probe is skipped).
         public var readBandwidth: Double
-        /// Generation speed as a fraction of the bandwidth limit (bytes per token ÷ bandwidth).
+        /// Generation speed as a fraction of the bandwidth limit (bytes per token ÷ bandwidth); 0
+        /// when the probe is skipped.
         public var bandwidthFraction: Double
         public var peakResidentBytes: Int
         /// Sequences run in lockstep: pp processes all their prompts in one pass, each tg step
@@ -153,12 +155,15 @@ public enum SpeedBenchmark {
         let perToken = model.decodeBytesPerToken
         let runPeak = ProcessMemory.peakResidentBytes
         let expertStats = (model.experts as? StreamingExperts)?.stats
-        let bandwidth = MemoryBandwidth.measureRead(pool: model.pool)
+        // Under a memory budget the probe's 512 MiB would come on top of the pool (a process kept
+        // to resident + budget by a cgroup is killed by it), and expert bytes come from the disk,
+        // so a fraction of memory bandwidth says nothing there.
+        let bandwidth = expertStats == nil ? MemoryBandwidth.measureRead(pool: model.pool) : 0
         return Result(promptTokens: promptTokens, generateTokens: generateTokens, promptTokensPerSecond: ppMean,
                       promptStdDev: ppStd, generationTokensPerSecond: tgMean, generationStdDev: tgStd,
                       threads: model.pool.threadCount, weightBytes: model.weightBytes, weightBytesPerToken: perToken,
                       generationGBPerSecond: Double(perToken) * tgMean / 1e9, readBandwidth: bandwidth,
-                      bandwidthFraction: Double(perToken) * tgMean / bandwidth,
+                      bandwidthFraction: bandwidth > 0 ? Double(perToken) * tgMean / bandwidth : 0,
                       peakResidentBytes: max(memory.loadPeak, runPeak), requests: requests, experts: expertStats,
                       kvCacheBytes: kvCacheBytes, startResidentBytes: memory.startResident,
                       runPeakResidentBytes: runPeak, peakReset: memory.reset, driver: driver)
