@@ -1,3 +1,4 @@
+import D2MoEKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -51,8 +52,7 @@ public final class MappedFile: @unchecked Sendable {
     /// that converts a tensor a few rows at a time drops each block's pages once it has read them.
     public func releaseResidentPages(at offset: Int, count: Int) {
         guard let base, offset >= 0, count > 0, offset < size else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (offset + page - 1) / page * page, end = min(offset + count, size) / page * page
+        let start = Pages.roundUp(offset), end = min(offset + count, size) / Pages.size * Pages.size
         guard end > start else { return }
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, Int32(MADV_DONTNEED))
     }

@@ -115,7 +115,7 @@ public struct DenseMatrix: @unchecked Sendable {
     public static func quantized(rows: Int, cols: Int, values: UnsafeBufferPointer<Float>, type: ElementType) -> DenseMatrix {
         precondition(values.count == rows * cols, "DenseMatrix: \(values.count) values for \(rows)x\(cols)")
         precondition(type.holds(cols: cols), "DenseMatrix: Q8_0 rows must be a multiple of 32 long, not \(cols)")
-        let buffer = AlignedBuffer(byteCount: rows * type.rowBytes(cols: cols))
+        let buffer = AlignedBuffer(uninitializedByteCount: rows * type.rowBytes(cols: cols))  // written whole below
         convert(values.baseAddress!, count: rows * cols, to: type, into: buffer.pointer)
         return DenseMatrix(rows: rows, cols: cols, elementType: type, base: buffer.pointer, owner: buffer)
     }
@@ -127,7 +127,7 @@ public struct DenseMatrix: @unchecked Sendable {
                                  fill: (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows -> DenseMatrix {
         precondition(type.holds(cols: cols), "DenseMatrix: Q8_0 rows must be a multiple of 32 long, not \(cols)")
         let rowBytes = type.rowBytes(cols: cols)
-        let buffer = AlignedBuffer(byteCount: rows * rowBytes)
+        let buffer = AlignedBuffer(uninitializedByteCount: rows * rowBytes)  // written whole below
         let block = max(1, min(rows, blockRows ?? (1 << 20) / max(cols, 1)))  // 4 MiB of float32 by default
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, block * cols))
         defer { scratch.deallocate() }

@@ -73,7 +73,8 @@ public final class BatchScheduler: @unchecked Sendable {
     /// Test hook: runs before each forward pass with the ids of the requests in it; throwing makes
     /// that pass fail as a failing model step would.
     package var stepFault: (@Sendable ([Int]) throws -> Void)?
-    /// Test hook: called on the scheduler thread with each request's KV cache when it is made.
+    /// Called on the scheduler thread with each request's KV cache when it is made (tests; the
+    /// benchmark's KV figure).
     package var onCacheMade: (@Sendable (KVCache) -> Void)?
 
     private let condition = NSCondition()

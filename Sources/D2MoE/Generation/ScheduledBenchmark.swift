@@ -24,6 +24,8 @@ extension SpeedBenchmark {
         let scheduler = BatchScheduler(engine: engine, limits: limits)
         let steps = LockedList<SchedulerStep>()
         scheduler.onStep = { steps.append($0) }
+        let cacheBytes = LockedList<Int>()
+        scheduler.onCacheMade = { cacheBytes.append($0.byteCount) }
         defer { scheduler.shutdown(cancelRunning: true) }
         var generator = SeededGenerator(seed: 42)
         func token(round: Int, sequence s: Int, _ i: Int) -> Int32 {
@@ -33,7 +35,12 @@ extension SpeedBenchmark {
         var pp: [Double] = [], tg: [Double] = []
         let streamed = engine.model.experts as? StreamingExperts
         let memory = MemoryWatch()
+        // The caches of one half-round (prompt or generation) live together; the halves' do not.
         var kvBytes = 0
+        func noteCaches() {
+            kvBytes = max(kvBytes, cacheBytes.all.reduce(0, +))
+            cacheBytes.clear()
+        }
         for round in 0...max(1, repetitions) {
             if round == 1 { streamed?.resetStats() }
             if promptTokens > 0 {
@@ -42,18 +49,16 @@ extension SpeedBenchmark {
                         ?? Int32.random(in: 0..<Int32(vocab), using: &generator) }
                 }
                 let log = try runRound(scheduler, steps, prompts: prompts, forced: nil)
+                noteCaches()
                 if round > 0 { pp.append(log.tokensPerSecond(prefill: true)) }
             }
             if generateTokens > 0 {
                 let prompts = (0..<requests).map { [token(round: round, sequence: $0, 0)] }
                 let forced = (0..<requests).map { s in (1...generateTokens + 1).map { token(round: round, sequence: s, $0) } }
                 let log = try runRound(scheduler, steps, prompts: prompts, forced: forced)
+                noteCaches()
                 if round > 0 { tg.append(log.tokensPerSecond(prefill: false)) }
             }
-            // The scheduler sizes each cache to its prompt plus its most tokens: the prompt round's
-            // requests generate one token, the generation round's start from one.
-            let positions = max(promptTokens > 0 ? promptTokens + 1 : 0, generateTokens > 0 ? generateTokens + 2 : 0)
-            kvBytes = max(kvBytes, requests * min(engine.contextLength, positions) * engine.model.kvBytesPerPosition)
         }
         return result(engine: engine, promptTokens: promptTokens, generateTokens: generateTokens, requests: requests,
                       pp: pp, tg: tg, memory: memory, kvCacheBytes: kvBytes, driver: .scheduler)
