@@ -119,6 +119,27 @@ public final class GGUFFile: @unchecked Sendable {
         return out
     }
 
+    /// Elements `elements` of the tensor as float32 (GGUF order), dequantizing only their blocks:
+    /// one expert of a stacked `*_exps` tensor without the other experts. The range must start
+    /// and end on block boundaries.
+    public func dequantize(_ info: GGUFTensorInfo, elements: Range<Int>) throws -> [Float] {
+        let n = info.type.blockSize
+        guard elements.lowerBound >= 0, elements.upperBound <= info.elementCount,
+              elements.lowerBound % n == 0, elements.count % n == 0 else {
+            throw FormatError(path, "elements \(elements) of tensor '\(info.name)' (\(info.elementCount) elements) do not fall on \(info.type.name) block boundaries")
+        }
+        guard info.type.isDequantizable else {
+            throw FormatError(path, "tensor '\(info.name)' has quant type \(info.type.name), which this engine does not read")
+        }
+        let bytes = try rawBytes(of: info)
+        var out = [Float](repeating: 0, count: elements.count)
+        try out.withUnsafeMutableBufferPointer {
+            try GGMLDequantizer.dequantize(type: info.type, bytes: bytes.baseAddress! + info.type.byteCount(elements: elements.lowerBound),
+                                           count: elements.count, into: $0.baseAddress!)
+        }
+        return out
+    }
+
     /// Writes the tensor's elementCount floats to `out`.
     public func dequantize(_ info: GGUFTensorInfo, into out: UnsafeMutablePointer<Float>) throws {
         let bytes = try rawBytes(of: info)

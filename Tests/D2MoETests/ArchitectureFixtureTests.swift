@@ -3,9 +3,10 @@ import Testing
 import D2MoE
 
 /// Every architecture against Hugging Face transformers: tiny random checkpoints made by
-/// scripts/make_hf_fixtures.py, whose logits transformers computed in float32.
+/// scripts/make_hf_fixtures.py, whose logits transformers computed in float32; and the same
+/// OLMoE checkpoint as a GGUF file in llama.cpp's layout (scripts/reference/olmoe_gguf_fixture.py).
 @Suite struct ArchitectureFixtureTests {
-    static let architectures = ["llama", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gemma3"]
+    static let architectures = ["llama", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gemma3", "olmoe/model.gguf"]
     static let tolerance: Float = 1e-4
 
     struct Expected {
@@ -14,8 +15,10 @@ import D2MoE
         let generatedIDs: [Int32]
         let stepLogits: [[Float]]
 
+        /// `name`: a fixture folder, or a file inside one (its expected.json applies).
         init(_ name: String) throws {
-            let json = try TestPaths.json(TestPaths.fixtures.appendingPathComponent("\(name)/expected.json"))
+            let folder = name.split(separator: "/")[0]
+            let json = try TestPaths.json(TestPaths.fixtures.appendingPathComponent("\(folder)/expected.json"))
             func floats(_ any: Any) -> [Float] { (any as! [Any]).map { Float(($0 as! NSNumber).doubleValue) } }
             inputIDs = (json["input_ids"] as! [[Int]]).map { $0.map(Int32.init) }
             logits = (json["logits"] as! [[Any]]).map { $0.map(floats) }
@@ -81,6 +84,30 @@ import D2MoE
             #expect(relativeError(logits[0], expected.stepLogits[step]) <= Self.tolerance, "\(name) decode step \(step)")
             position += 1
         }
+    }
+
+    /// The OLMoE checkpoint and its GGUF file (experts stacked per projection) quantize to the
+    /// same containers: the same expert records and, at every level, the same logits.
+    @Test func olmoeGGUFQuantizesLikeItsCheckpoint() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("d2moe-olmoe-gguf-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ids = try Expected("olmoe").inputIDs[0]
+        var logits: [[[Float]]] = []
+        for (i, source) in ["olmoe", "olmoe/model.gguf"].enumerated() {
+            let out = dir.appendingPathComponent("\(i).mwq").path
+            let summary = try MWQConverter.convert(model: TestPaths.fixtures.appendingPathComponent(source).path, to: out,
+                                                   scheme: try MWQConverter.Scheme("v1"))
+            #expect(summary.expertRecords == 2 * 8, "\(source): \(summary.expertRecords) expert records")
+            var perLevel: [[Float]] = []
+            for bits in [2, 3, 4] {
+                let model = try ModelLoader.loadModel(path: out, options: LoadOptions(contextLength: 64, bits: bits))
+                let batch = ids.enumerated().map { BatchToken(sequence: 0, position: $0.offset, token: $0.element, wantsLogits: true) }
+                perLevel += try model.forward(batch, caches: [model.makeCache(capacity: 64)])
+            }
+            logits.append(perLevel)
+        }
+        #expect(logits[0] == logits[1])
     }
 
     @Test func missingConfigFieldIsNamed() throws {

@@ -10,8 +10,6 @@ package final class GGUFWeights: WeightSource {
     let heads: Int
     let kvHeads: Int
     package var origin: String { file.path }
-    /// The last stacked expert tensor dequantized, so slicing E experts dequantizes it once.
-    private var stackCache: (name: String, values: [Float])?
 
     init(file: GGUFFile, architecture: GGUFArchitecture.Type, heads: Int, kvHeads: Int) {
         self.file = file
@@ -42,9 +40,12 @@ package final class GGUFWeights: WeightSource {
     package func floats(_ name: String) throws -> [Float] {
         guard let (info, expert) = locate(name) else { throw ModelError("\(origin): missing tensor for '\(name)'") }
         if let expert {
-            if stackCache?.name != info.name { stackCache = (info.name, try file.dequantize(info)) }
+            // Expert e's rows are one contiguous run of the stack: only its blocks are dequantized
+            // (converters ask for gate, up and down of one expert in turn, so caching a whole stack
+            // dequantized each stack once per expert).
             let per = info.elementCount / info.dimensions.last!
-            return Array(stackCache!.values[(expert * per)..<((expert + 1) * per)])
+            guard expert < info.dimensions.last! else { throw ModelError("\(origin): '\(info.name)' has no expert \(expert)") }
+            return try file.dequantize(info, elements: (expert * per)..<((expert + 1) * per))
         }
         var values = try file.dequantize(info)
         if architecture.ggufPermutesQK {
@@ -85,18 +86,21 @@ package final class GGUFWeights: WeightSource {
         return out
     }
 
-    /// `model.layers.L.block_sparse_moe.experts.E.w1.weight` (Mixtral names) → (L, E, gate|up|down).
+    /// A per-expert Hugging Face name → (L, E, gate|up|down): Mixtral's
+    /// `model.layers.L.block_sparse_moe.experts.E.w1.weight` and the `model.layers.L.mlp.experts.E.gate_proj.weight`
+    /// of OLMoE and the Qwen MoE models; llama.cpp stacks both as `blk.L.ffn_{gate,up,down}_exps`.
     static func expertName(_ name: String) -> (layer: Int, index: Int, kind: String)? {
         let p = name.split(separator: ".")
-        guard p.count == 8, p[0] == "model", p[1] == "layers", p[3] == "block_sparse_moe", p[4] == "experts",
+        guard p.count == 8, p[0] == "model", p[1] == "layers", p[3] == "block_sparse_moe" || p[3] == "mlp", p[4] == "experts",
               let layer = Int(p[2]), let index = Int(p[5]) else { return nil }
-        let kinds = ["w1": "gate", "w3": "up", "w2": "down"]
+        let kinds = p[3] == "mlp" ? ["gate_proj": "gate", "up_proj": "up", "down_proj": "down"] : ["w1": "gate", "w3": "up", "w2": "down"]
         return kinds[String(p[6])].map { (layer, index, $0) }
     }
 
+    /// The router's Hugging Face name (`block_sparse_moe.gate` or `mlp.gate`) → its layer (GGUF `ffn_gate_inp`).
     static func routerName(_ name: String) -> Int? {
         let p = name.split(separator: ".")
-        guard p.count == 6, p[0] == "model", p[1] == "layers", p[3] == "block_sparse_moe", p[4] == "gate" else { return nil }
+        guard p.count == 6, p[0] == "model", p[1] == "layers", p[3] == "block_sparse_moe" || p[3] == "mlp", p[4] == "gate" else { return nil }
         return Int(p[2])
     }
 }

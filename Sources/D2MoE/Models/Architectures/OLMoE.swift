@@ -1,6 +1,7 @@
 /// OLMoE: RMSNorm over the whole q and k projections (not per head), optional clipping of
 /// q/k/v, and sparse MoE layers with softmax top-k routing (not renormalised by default).
-enum OLMoE: Architecture {
+/// Also read from llama.cpp's `olmoe` GGUF architecture.
+enum OLMoE: GGUFArchitecture {
     // MARK: Config
     static let modelTypes = ["olmoe"]
 
@@ -35,4 +36,20 @@ enum OLMoE: Architecture {
 
     // MARK: Weight names
     // Hugging Face names: model.layers.N.self_attn.{q_norm, k_norm}, model.layers.N.mlp.{gate, experts.E.*}.
+    // In GGUF: blk.N.attn_{q,k}_norm, blk.N.ffn_gate_inp and the stacked blk.N.ffn_{gate,up,down}_exps.
+    static let ggufArchitectures = ["olmoe"]
+    // llama.cpp runs OLMoE with NEOX (rotate-half) rope, so its converter leaves q/k rows in order.
+    static let ggufPermutesQK = false
+
+    static func ggufName(_ name: String) -> String? { GGUFNames.translate(name) }
+
+    static func config(fromGGUF m: [String: Any], architecture a: String) -> [String: Any] {
+        var c = GGUFNames.commonConfig(m, a)
+        c["model_type"] = "olmoe"
+        c["num_experts"] = c.removeValue(forKey: "num_local_experts")
+        if let ff = m["\(a).expert_feed_forward_length"] { c["intermediate_size"] = ff }
+        // llama.cpp's olmoe graph neither clips q/k/v nor renormalises the top-k weights.
+        c["norm_topk_prob"] = false
+        return c
+    }
 }
