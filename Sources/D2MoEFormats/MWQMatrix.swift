@@ -74,37 +74,56 @@ public struct MWQMatrix: Sendable, Equatable {
         var base = MWQLevel(planes: [UInt32](repeating: 0, count: rows * G * baseBits * n32), scales: [UInt16](repeating: 0, count: rows * G * 2))
         var signs = (0..<signLevels).map { _ in MWQLevel(planes: [UInt32](repeating: 0, count: rows * G * n32), scales: [UInt16](repeating: 0, count: rows * G)) }
         let maxCode = Float((1 << baseBits) - 1)
-        var residual = [Float](repeating: 0, count: group)
-        for r in 0..<rows {
-            for j in 0..<G {
-                let w = UnsafeBufferPointer(rebasing: weights[(r * cols + j * group)..<(r * cols + (j + 1) * group)])
-                let h = importance.map { Array($0[(j * group)..<((j + 1) * group)]) } ?? [Float](repeating: 1, count: group)
-                let (s, m) = fitBase(w, h, maxCode: maxCode, search: search, signLevels: signLevels)
-                let sf = float(s), mf = float(m)
-                base.scales[2 * (r * G + j)] = s
-                base.scales[2 * (r * G + j) + 1] = m
-                let planeBase = (r * G + j) * baseBits * n32
-                for c in 0..<group {
-                    let q = sf > 0 ? min(max(((w[c] - mf) / sf).rounded(), 0), maxCode) : 0
-                    let code = UInt32(q)
-                    for p in 0..<baseBits where code >> p & 1 == 1 {
-                        base.planes[planeBase + p * n32 + c / 32] |= 1 << (c % 32)
+        // Rows are independent: blocks of rows run on the compute pool, each writing only its own
+        // rows' words and scales (a 64-expert layer took ~2 s per expert on one core).
+        let blockRows = 16, blocks = (rows + blockRows - 1) / blockRows
+        let unit = [Float](repeating: 1, count: group)
+        base.planes.withUnsafeMutableBufferPointer { basePlanes in
+            base.scales.withUnsafeMutableBufferPointer { baseScales in
+                let signPlanes = signs.indices.map { k in UnsafeMutableBufferPointer<UInt32>.allocate(capacity: rows * G * n32) }
+                let signScales = signs.indices.map { k in UnsafeMutableBufferPointer<UInt16>.allocate(capacity: rows * G) }
+                defer {
+                    for k in signs.indices {
+                        signs[k].planes = Array(signPlanes[k]); signs[k].scales = Array(signScales[k])
+                        signPlanes[k].deallocate(); signScales[k].deallocate()
                     }
-                    residual[c] = w[c] - (sf * q + mf)
                 }
-                let hSum = max(h.reduce(0, +), .leastNormalMagnitude)
-                for k in 0..<signLevels {
-                    // The (importance-weighted) mean |R|: the least-squares scale for B = sign(R).
-                    var meanAbs: Float = 0
-                    for c in 0..<group { meanAbs += h[c] * abs(residual[c]) }
-                    let sk = half(meanAbs / hSum), skf = float(sk)
-                    signs[k].scales[r * G + j] = sk
-                    for c in 0..<group {
-                        if residual[c] >= 0 {
-                            signs[k].planes[(r * G + j) * n32 + c / 32] |= 1 << (c % 32)
-                            residual[c] -= skf
-                        } else {
-                            residual[c] += skf
+                for k in signs.indices { signPlanes[k].initialize(repeating: 0); signScales[k].initialize(repeating: 0) }
+                ComputePool.shared.parallelFor(blocks) { b in
+                    var residual = [Float](repeating: 0, count: group)
+                    for r in (b * blockRows)..<min(rows, (b + 1) * blockRows) {
+                        for j in 0..<G {
+                            let w = UnsafeBufferPointer(rebasing: weights[(r * cols + j * group)..<(r * cols + (j + 1) * group)])
+                            let h = importance.map { Array($0[(j * group)..<((j + 1) * group)]) } ?? unit
+                            let (s, m) = fitBase(w, h, maxCode: maxCode, search: search, signLevels: signLevels)
+                            let sf = float(s), mf = float(m)
+                            baseScales[2 * (r * G + j)] = s
+                            baseScales[2 * (r * G + j) + 1] = m
+                            let planeBase = (r * G + j) * baseBits * n32
+                            for c in 0..<group {
+                                let q = sf > 0 ? min(max(((w[c] - mf) / sf).rounded(), 0), maxCode) : 0
+                                let code = UInt32(q)
+                                for p in 0..<baseBits where code >> p & 1 == 1 {
+                                    basePlanes[planeBase + p * n32 + c / 32] |= 1 << (c % 32)
+                                }
+                                residual[c] = w[c] - (sf * q + mf)
+                            }
+                            let hSum = max(h.reduce(0, +), .leastNormalMagnitude)
+                            for k in 0..<signLevels {
+                                // The (importance-weighted) mean |R|: the least-squares scale for B = sign(R).
+                                var meanAbs: Float = 0
+                                for c in 0..<group { meanAbs += h[c] * abs(residual[c]) }
+                                let sk = half(meanAbs / hSum), skf = float(sk)
+                                signScales[k][r * G + j] = sk
+                                for c in 0..<group {
+                                    if residual[c] >= 0 {
+                                        signPlanes[k][(r * G + j) * n32 + c / 32] |= 1 << (c % 32)
+                                        residual[c] -= skf
+                                    } else {
+                                        residual[c] += skf
+                                    }
+                                }
+                            }
                         }
                     }
                 }

@@ -57,15 +57,19 @@ public enum MWQConverter {
         public var calibrationTokens: Int
     }
 
-    /// Records every tensor the architecture asks for, in order.
-    private final class Recorder: WeightSource {
+    /// Records every tensor the architecture asks for, in order; routed experts are only named.
+    private final class Recorder: TensorNameRecorder {
         let inner: WeightSource
         var names: [String] = []
+        private var seen: Set<String> = []
         var origin: String { inner.origin }
         init(_ inner: WeightSource) { self.inner = inner }
         func shape(of name: String) -> [Int]? { inner.shape(of: name) }
+        func record(_ name: String) {
+            if seen.insert(name).inserted { names.append(name) }
+        }
         func floats(_ name: String) throws -> [Float] {
-            if !names.contains(name) { names.append(name) }
+            record(name)
             return try inner.floats(name)
         }
     }
@@ -95,7 +99,8 @@ public enum MWQConverter {
         let source = try ModelLoader.source(path: path, options: LoadOptions())
         guard source.mwq == nil else { throw ModelError("\(path) is already an MWQ file") }
         let recorder = Recorder(source.weights)
-        _ = try source.architecture.build(ConfigReader(source.config, origin: source.origin), recorder, options: LoadOptions())
+        // Float16 is enough to list the names; the experts are not built at all.
+        _ = try source.architecture.build(ConfigReader(source.config, origin: source.origin), recorder, options: LoadOptions(dtype: .f16))
         let names = recorder.names
         // The group must divide every quantized matrix's columns: fall back to 64 or 32 if needed.
         let expertNames = names.filter { expertKey($0) != nil }

@@ -109,6 +109,13 @@ enum StandardBlocks {
                         names: (gate: String, up: String, down: String) = ("gate_proj", "up_proj", "down_proj")) throws -> [FeedForward] {
         // Streamed experts are read by the expert pool, never mapped here.
         if let mwq = w as? MWQWeights, mwq.streamsRoutedExperts { return [] }
+        if let recorder = w as? TensorNameRecorder {
+            // FeedForward's order: gate, up, down of each expert.
+            for e in 0..<count {
+                for n in [names.gate, names.up, names.down] { recorder.record("\(prefix).\(e).\(n).weight") }
+            }
+            return []
+        }
         if w.contains("\(prefix).gate_up_proj") {
             let gateUp = try w.checkedFloats("\(prefix).gate_up_proj", shape: [count, 2 * intermediate, hidden])
             let down = try w.checkedFloats("\(prefix).down_proj", shape: [count, hidden, intermediate])

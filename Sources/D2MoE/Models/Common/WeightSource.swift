@@ -15,6 +15,13 @@ public protocol WeightSource: AnyObject {
     func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)?
 }
 
+/// A source that lists the tensors an architecture asks for, in order, without building the
+/// model around them: routed experts are named (`record`), never read, so listing a model whose
+/// experts exceed memory costs only its resident part.
+protocol TensorNameRecorder: WeightSource {
+    func record(_ name: String)
+}
+
 extension WeightSource {
     public func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)? { nil }
 }
