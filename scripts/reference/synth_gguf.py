@@ -10,8 +10,15 @@ enough for llama.cpp to load the model and for llama-bench. Tensors are generate
 at a time (GGUFWriter streaming), so memory stays at about one expert tensor (~76 MB).
 The full file is ~3.9 GB. Weights are random: the output is meaningless, only speed/memory matter.
 
+Nibbles are uniform on 1..15 by default, so every weight (q - 8)·d has mean zero and the random
+routers route almost uniformly, like `d2moe synth`'s files. Files written before 2026-12-07 drew
+nibbles on 0..15 (`--nibbles 0-15`): every weight then has mean -d/2, each matrix adds the same
+shift to all of its outputs, that common component grows layer after layer until the normed
+hidden state is nearly the same for every token, and every token routes to the same few experts
+(llama.cpp then needs only a small part of the experts in memory).
+
 Usage:
-  python3 scripts/reference/synth_gguf.py OUT.gguf [--layers N] [--seed S]
+  python3 scripts/reference/synth_gguf.py OUT.gguf [--layers N] [--seed S] [--nibbles 1-15|0-15]
   python3 scripts/reference/synth_gguf.py --sizes FILE.gguf
       prints EXPERT_BYTES (sum of *_exps tensors), RESIDENT_BYTES (all other tensors) and
       FILE_BYTES, as shell assignments (eval-able).
@@ -91,30 +98,40 @@ def tensor_plan(n_layers):
     return plan
 
 
-def q4_0_random(rng, shape):
-    """Random Q4_0 blocks: uint8 array of shape (*shape[:-1], shape[-1]/32*18)."""
+def q4_0_random(rng, shape, nibbles="1-15"):
+    """Random Q4_0 blocks: uint8 array of shape (*shape[:-1], shape[-1]/32*18).
+
+    Block layout: f16 scale d, then 16 bytes; byte j holds element j (low nibble) and j+16 (high).
+    """
     fan_in = shape[-1]
     n_blocks = int(np.prod(shape)) // Q4_0_BLOCK
-    # uniform nibbles -> values (q-8)*d with std ~4.6 d; aim for weight std ~ 1/sqrt(fan_in)
-    d0 = 1.0 / (4.6 * np.sqrt(fan_in))
     out = np.empty((n_blocks, Q4_0_BYTES), dtype=np.uint8)
+    if nibbles == "0-15":
+        # (q-8)*d for q uniform on 0..15: std ~4.6 d, mean -d/2
+        d0 = 1.0 / (4.6 * np.sqrt(fan_in))
+        out[:, 2:] = np.frombuffer(rng.bytes(n_blocks * 16), dtype=np.uint8).reshape(n_blocks, 16)
+    else:
+        # q uniform on 1..15: (q-8)*d uniform on -7d..7d, std sqrt(56/3) d ~4.32 d, mean 0
+        d0 = 1.0 / (4.32 * np.sqrt(fan_in))
+        q = rng.integers(1, 16, size=(n_blocks, Q4_0_BLOCK), dtype=np.uint8)
+        out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
+    # aim for weight std ~ 1/sqrt(fan_in)
     out[:, :2] = rng.uniform(0.5 * d0, 1.5 * d0, n_blocks).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
-    out[:, 2:] = np.frombuffer(rng.bytes(n_blocks * 16), dtype=np.uint8).reshape(n_blocks, 16)
     return out.reshape(*shape[:-1], shape[-1] // Q4_0_BLOCK * Q4_0_BYTES)
 
 
-def make(rng, shape, kind):
+def make(rng, shape, kind, nibbles):
     if kind == "q4":
-        return q4_0_random(rng, shape)
+        return q4_0_random(rng, shape, nibbles)
     if kind == "norm":
         return np.ones(shape, dtype=np.float32)
     return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
 
 
-def write(path, n_layers, seed):
+def write(path, n_layers, seed, nibbles):
     toks, types, merges = tokenizer()
     w = gguf.GGUFWriter(path, ARCH, use_temp_file=False)
-    w.add_name(f"synthetic OLMoE-1B-7B shape ({n_layers} layers, random Q4_0)")
+    w.add_name(f"synthetic OLMoE-1B-7B shape ({n_layers} layers, random Q4_0, nibbles {nibbles})")
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q4_0))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_context_length(N_CTX)
@@ -156,7 +173,7 @@ def write(path, n_layers, seed):
     w.write_ti_data_to_file()
     rng = np.random.default_rng(seed)
     for k, (name, shape, kind) in enumerate(plan):
-        w.write_tensor_data(make(rng, shape, kind))
+        w.write_tensor_data(make(rng, shape, kind, nibbles))
         if name.endswith("ffn_up_exps.weight") or k == len(plan) - 1:
             print(f"  wrote {name} ({k + 1}/{len(plan)})", file=sys.stderr, flush=True)
     w.close()
@@ -177,12 +194,14 @@ def main():
     ap.add_argument("out", help="output .gguf (or the file to measure with --sizes)")
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nibbles", choices=["1-15", "0-15"], default="1-15",
+                    help="range of the random Q4_0 codes: 1-15 (zero-mean weights) or 0-15 (the files before 2026-12-07)")
     ap.add_argument("--sizes", action="store_true", help="print expert / non-expert tensor bytes of OUT")
     a = ap.parse_args()
     if a.sizes:
         sizes(a.out)
     else:
-        write(a.out, a.layers, a.seed)
+        write(a.out, a.layers, a.seed, a.nibbles)
 
 
 if __name__ == "__main__":
