@@ -19,6 +19,7 @@
 # streamed and every budget below the model size OOMs. For the mmap-streaming baseline use
 #   BENCH_ARGS="-p 16 -n 8 -t 2 -r 1 --repack 0"
 # Env: BENCH_ARGS (default "-p 16 -n 8 -t 2 -r 1"), RUN_TIMEOUT seconds per run (default 3600),
+#      LIMITED_ONLY=1 to skip the first (unlimited) row,
 #      LOG_DIR (default a fresh mktemp dir; per-run stdout/stderr are kept there),
 #      DROP_CACHES=global to also do `sync; echo 3 > /proc/sys/vm/drop_caches` before each run
 #      (off by default: it is machine-wide; the GGUF's own pages are always evicted with
@@ -79,7 +80,9 @@ echo "# llama-bench $bench_args, mmap on; $gguf"
 echo "# EXPERT_BYTES=$expert_bytes ($(mib "$expert_bytes")) RESIDENT_BYTES=$resident_bytes ($(mib "$resident_bytes")) +KV/compute 64MiB; logs in $logdir"
 printf "%-22s %-14s %10s %10s %14s  %s\n" budget limit "pp_t/s" "tg_t/s" peak status
 i=0
-for b in none "${budgets[@]}"; do
+rows=(none "${budgets[@]}")
+[ "${LIMITED_ONLY:-}" = 1 ] && rows=("${budgets[@]}")
+for b in "${rows[@]}"; do
     i=$((i + 1))
     if [ "$b" = none ]; then
         limit=none label=none
