@@ -229,10 +229,8 @@ public struct MWQWriter {
                                   group: t.group))
             residentBlob += t.bytes
         }
-        var recordBlobs: [[UInt8]] = []
         var experts: [MWQHeader.ExpertRecord] = []
         for r in records {
-            recordBlobs.append(Array(r.levels.joined()))
             experts.append(.init(layer: r.layer, expert: r.expert, offset: 0, levelBytes: r.levels.map(\.count),
                                  levelCRC32: r.levels.map { CRC32.checksum($0) }, matrices: r.matrices))
         }
@@ -245,8 +243,8 @@ public struct MWQWriter {
             header.residentOffset = residentOffset
             header.resident = resident.map { var t = $0; t.offset += residentOffset; return t }
             var at = align(residentOffset + residentBlob.count, 4096)
-            header.experts = zip(experts, recordBlobs).map { e, blob in
-                var e = e; e.offset = at; at = align(at + blob.count, 4096); return e
+            header.experts = experts.map { e in
+                var e = e; e.offset = at; at = align(at + e.levelBytes.reduce(0, +), 4096); return e
             }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
@@ -269,9 +267,10 @@ public struct MWQWriter {
         try put(prefix + headerBytes)
         try pad(to: header.residentOffset)
         try put(residentBlob)
-        for (e, blob) in zip(header.experts, recordBlobs) {
+        // Level by level from the records: a joined copy of every record doubled the writer's memory.
+        for (e, r) in zip(header.experts, records) {
             try pad(to: e.offset)
-            try put(blob)
+            for level in r.levels { try put(level) }
         }
         try pad(to: align(written, 4096))
         try out.synchronize()

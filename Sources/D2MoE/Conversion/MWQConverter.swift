@@ -138,8 +138,11 @@ public enum MWQConverter {
             writer.header.quantization.scales = gptq ? "calibrated+gptq" : "calibrated"
         }
         var uncalibrated = Set<String>()
+        // A record goes to the writer as soon as its last matrix is quantized, so the quantized
+        // matrices are not held a second time until the end (16.5 GB peak for OLMoE-1B-7B before).
         var records: [String: [(name: String, copies: [MWQMatrix])]] = [:]
-        var order: [(Int, Int)] = []
+        var matricesPerRecord: [String: Int] = [:]
+        for name in names { if let key = expertKey(name), source.weights.shape(of: name)?.count == 2 { matricesPerRecord["\(key.layer).\(key.expert)", default: 0] += 1 } }
         for name in names {
             let shape = source.weights.shape(of: name) ?? []
             let values = try source.weights.floats(name)
@@ -170,8 +173,16 @@ public enum MWQConverter {
                                                       signLevels: p.signs, importance: seen?.squares)
                     }
                 }
-                if records[id] == nil { order.append((key.layer, key.expert)) }
                 records[id, default: []].append((name, copies))
+                if let matrices = records[id], matrices.count == matricesPerRecord[id] {
+                    if scheme.nested {
+                        try writer.addExpert(layer: key.layer, expert: key.expert, matrices: matrices.map { ($0.name, $0.copies[0]) })
+                    } else {
+                        try writer.addExpertCopies(layer: key.layer, expert: key.expert, matrices: matrices)
+                    }
+                    records[id] = nil
+                    summary.expertRecords += 1
+                }
                 summary.quantizedWeights += values.count
                 for k in scheme.bits.indices {
                     let (m, level) = scheme.nested ? (copies[0], k) : (copies[k], 0)
@@ -203,16 +214,7 @@ public enum MWQConverter {
                 summary.residentBytes += values.count / (shape.last ?? 1) * type.rowBytes(cols: shape.last ?? 1)
             }
         }
-        for (layer, expert) in order {
-            let matrices = records["\(layer).\(expert)"]!
-            if scheme.nested {
-                try writer.addExpert(layer: layer, expert: expert, matrices: matrices.map { ($0.name, $0.copies[0]) })
-            } else {
-                try writer.addExpertCopies(layer: layer, expert: expert, matrices: matrices)
-            }
-        }
         summary.nmsePerLevel = summary.nmsePerLevel.map { $0 / max(weightSquares, .leastNormalMagnitude) }
-        summary.expertRecords = order.count
         summary.uncalibratedExperts = uncalibrated.count
         try writer.write(to: out)
         summary.seconds = Date().timeIntervalSince(start)
