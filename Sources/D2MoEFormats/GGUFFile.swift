@@ -140,6 +140,34 @@ public final class GGUFFile: @unchecked Sendable {
         return out
     }
 
+    /// Rows `rows` of a 2-D tensor (its second GGUF dimension; PyTorch's first) as float32 into
+    /// `out`, dequantizing only their blocks.
+    public func dequantizeRows(_ info: GGUFTensorInfo, _ rows: Range<Int>, into out: UnsafeMutablePointer<Float>) throws {
+        guard info.dimensions.count == 2, rows.lowerBound >= 0, rows.upperBound <= info.dimensions[1] else {
+            throw FormatError(path, "rows \(rows) of tensor '\(info.name)' \(info.dimensions) are out of range")
+        }
+        let cols = info.dimensions[0]
+        let bytes = try rawBytes(of: info)
+        guard info.type.isDequantizable, cols % info.type.blockSize == 0 else {
+            throw FormatError(path, "tensor '\(info.name)' has quant type \(info.type.name), which this engine does not read")
+        }
+        let rowBytes = info.type.byteCount(elements: cols)
+        try GGMLDequantizer.dequantize(type: info.type, bytes: bytes.baseAddress! + rows.lowerBound * rowBytes,
+                                       count: rows.count * cols, into: out)
+    }
+
+    /// Lets the kernel drop this process's resident pages of the tensor's elements `elements`
+    /// (all of it when nil) once a load has converted them; touching them again reads them back.
+    public func releaseResidentPages(of info: GGUFTensorInfo, elements: Range<Int>? = nil) {
+        let range = elements ?? 0..<info.elementCount
+        let start = info.type.byteCount(elements: range.lowerBound / info.type.blockSize * info.type.blockSize)
+        file.releaseResidentPages(at: info.offset + start, count: info.type.byteCount(elements: range.count))
+    }
+
+    /// This process's resident bytes of the file's mapping (from /proc/self/smaps; 0 where it
+    /// cannot be read), for tests of what a load leaves mapped.
+    package func residentMappedBytes() -> Int { file.residentMappedBytes() }
+
     /// Writes the tensor's elementCount floats to `out`.
     public func dequantize(_ info: GGUFTensorInfo, into out: UnsafeMutablePointer<Float>) throws {
         let bytes = try rawBytes(of: info)

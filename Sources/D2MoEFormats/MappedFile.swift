@@ -1,4 +1,5 @@
 import D2MoEKernels
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -55,6 +56,26 @@ public final class MappedFile: @unchecked Sendable {
         let start = Pages.roundUp(offset), end = min(offset + count, size) / Pages.size * Pages.size
         guard end > start else { return }
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, Int32(MADV_DONTNEED))
+    }
+
+    /// This process's resident bytes of the mapping: the `Rss` of its entry in /proc/self/smaps
+    /// (page-cache residency, which mincore reports, would not show what the process holds).
+    /// 0 where smaps cannot be read.
+    package func residentMappedBytes() -> Int {
+        // Read to the end: procfs files report a size of 0, which whole-file readers trust.
+        guard let base, let handle = FileHandle(forReadingAtPath: "/proc/self/smaps") else { return 0 }
+        defer { try? handle.close() }
+        guard let data = try? handle.readToEnd(), let smaps = String(data: data, encoding: .utf8) else { return 0 }
+        let start = String(UInt(bitPattern: base), radix: 16)
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), line[..<dash].allSatisfy(\.isHexDigit) {
+                inside = line[..<dash].drop { $0 == "0" } == start.drop { $0 == "0" }
+            } else if inside, line.hasPrefix("Rss:") {
+                return (Int(line.split(separator: " ")[1]) ?? 0) * 1024
+            }
+        }
+        return 0
     }
 }
 

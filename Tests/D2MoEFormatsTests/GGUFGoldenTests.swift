@@ -12,6 +12,42 @@ import D2MoEFormats
     static let files = ["SmolLM2-135M-Instruct.Q4_1", "gemma-3-270m-q4_k_m"]
     static var present: Bool { files.allSatisfy { FileManager.default.fileExists(atPath: models.appendingPathComponent("\($0).gguf").path) } }
 
+    /// Every 2-D tensor of every quant type read in blocks of rows (as a load converts them) equals
+    /// the whole dequantization; dropping each block's pages after reading it leaves almost none of
+    /// the file resident in this process, where reading without dropping leaves most of it.
+    @Test(.enabled(if: present, "SKIP: real GGUF files absent from models/; run scripts/setup"), arguments: files)
+    func rowBlocksEqualTheWholeTensorAndTheirPagesCanBeDropped(_ name: String) throws {
+        let path = Self.models.appendingPathComponent("\(name).gguf").path
+        let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+        for release in [false, true] {
+            let file = try GGUFFile(path: path)
+            for info in file.tensors where info.dimensions.count == 2 {
+                let cols = info.dimensions[0], rows = info.dimensions[1]
+                let whole = try file.dequantize(info)
+                var blocks = [Float](repeating: .nan, count: whole.count)
+                try blocks.withUnsafeMutableBufferPointer { out in
+                    for start in stride(from: 0, to: rows, by: 37) {
+                        let r = start..<min(rows, start + 37)
+                        try file.dequantizeRows(info, r, into: out.baseAddress! + start * cols)
+                        if release { file.releaseResidentPages(of: info, elements: (r.lowerBound * cols)..<(r.upperBound * cols)) }
+                    }
+                }
+                #expect(blocks == whole, "\(info.name) \(info.type.name)")
+                if release { file.releaseResidentPages(of: info) }
+            }
+            let resident = file.residentMappedBytes()
+            if release {
+                #expect(resident < size / 20, "\(name): \(resident) of \(size) bytes still resident after dropping")
+            } else {
+                #expect(resident > size / 2, "\(name): only \(resident) of \(size) bytes resident after reading it all")
+            }
+        }
+        let file = try GGUFFile(path: path)
+        let info = try #require(file.tensors.first { $0.dimensions.count == 2 })
+        var one = [Float](repeating: 0, count: info.dimensions[0])
+        #expect(throws: FormatError.self) { try file.dequantizeRows(info, info.dimensions[1]..<(info.dimensions[1] + 1), into: &one) }
+    }
+
     @Test(.enabled(if: present, "SKIP: real GGUF files absent from models/; run scripts/setup"), arguments: files)
     func dequantizationMatchesTheGGUFPackage(_ name: String) throws {
         let golden = try JSONSerialization.jsonObject(

@@ -45,8 +45,13 @@ package final class GGUFWeights: WeightSource {
             // dequantized each stack once per expert).
             let per = info.elementCount / info.dimensions.last!
             guard expert < info.dimensions.last! else { throw ModelError("\(origin): '\(info.name)' has no expert \(expert)") }
-            return try file.dequantize(info, elements: (expert * per)..<((expert + 1) * per))
+            let elements = (expert * per)..<((expert + 1) * per)
+            defer { file.releaseResidentPages(of: info, elements: elements) }
+            return try file.dequantize(info, elements: elements)
         }
+        // The model keeps its own converted copy: the mapping's pages need not stay resident
+        // beside it while the rest loads (a load's peak held the whole file besides the model).
+        defer { file.releaseResidentPages(of: info) }
         var values = try file.dequantize(info)
         if architecture.ggufPermutesQK {
             if name.hasSuffix("self_attn.q_proj.weight") { values = Self.unpermute(values, heads: heads, cols: info.dimensions[0]) }
@@ -58,6 +63,23 @@ package final class GGUFWeights: WeightSource {
             for i in values.indices { values[i] -= architecture.ggufNormOffset }
         }
         return values
+    }
+
+    /// A plain 2-D tensor a block of rows at a time (no float32 copy of a whole 50304 × 2048
+    /// embedding); nil for what `floats` must rework (q/k rows llama.cpp permuted, norms,
+    /// stacked experts).
+    package func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)? {
+        guard let (info, expert) = locate(name), expert == nil, info.dimensions.count == 2,
+              info.type.isDequantizable, info.dimensions[0] % info.type.blockSize == 0 else { return nil }
+        if architecture.ggufPermutesQK && (name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.k_proj.weight")) { return nil }
+        if architecture.ggufNormOffset != 0 && name.hasSuffix("norm.weight") { return nil }
+        _ = try file.rawBytes(of: info)  // a tensor past the end of the file fails here, not in the fill
+        let file = self.file, cols = info.dimensions[0]
+        return { rows, out in
+            // Checked above: in range, a readable type, whole blocks per row.
+            try! file.dequantizeRows(info, rows, into: out)
+            file.releaseResidentPages(of: info, elements: (rows.lowerBound * cols)..<(rows.upperBound * cols))
+        }
     }
 
     /// llama.cpp's converter stores row h·d + 2i + s at h·d + s·d/2 + i (interleaved rope pairs);
