@@ -162,12 +162,83 @@ public indirect enum JSONValue: Codable, Sendable, Equatable {
 public struct MWQWriter {
     public var header: MWQHeader
     private var residentData: [(name: String, shape: [Int], dtype: String, group: Int?, bytes: [UInt8])] = []
-    /// Each record's level bytes as they will be stored, and its matrices' names and shapes.
-    private var records: [(layer: Int, expert: Int, matrices: [MWQHeader.ExpertRecord.Matrix], levels: [[UInt8]])] = []
+    /// Each record's matrices' names and shapes, its levels' sizes and CRC-32s, and its level
+    /// bytes: in memory, or at `spilled` in the spill file.
+    private var records: [Record] = []
+    private let spill: Spill?
 
-    public init(modelType: String, config: JSONValue, tokenizer: JSONValue, quantization: MWQHeader.Quantization) {
+    private struct Record {
+        var layer: Int
+        var expert: Int
+        var matrices: [MWQHeader.ExpertRecord.Matrix]
+        var levelBytes: [Int]
+        var levelCRC32: [UInt32]
+        var levels: [[UInt8]]
+        var spilled: Int?
+    }
+
+    /// `spillDirectory`: keep expert records in an unnamed file there instead of in memory until
+    /// `write(to:)` (a converted OLMoE-1B-7B held 3.4 GiB of records); put it on the output's
+    /// file system, not a RAM-backed /tmp.
+    public init(modelType: String, config: JSONValue, tokenizer: JSONValue, quantization: MWQHeader.Quantization,
+                spillDirectory: String? = nil) throws {
         header = MWQHeader(modelType: modelType, config: config, tokenizer: tokenizer, quantization: quantization,
                            resident: [], residentOffset: 0, residentBytes: 0, residentCRC32: 0, experts: [])
+        spill = try spillDirectory.map { try Spill(directory: $0) }
+    }
+
+    /// An unlinked temporary file: its space goes back to the file system when the writer does,
+    /// whatever happens to the process.
+    private final class Spill {
+        let fd: Int32
+        private(set) var size = 0
+
+        init(directory: String) throws {
+            let path = (directory as NSString).appendingPathComponent(".d2moe-records-\(getpid())-\(UUID().uuidString)")
+            fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+            guard fd >= 0 else { throw FormatError(path, "cannot create a spill file (\(String(cString: strerror(errno))))") }
+            unlink(path)
+        }
+
+        deinit { close(fd) }
+
+        /// Appends `bytes`; returns their offset.
+        func append(_ bytes: [UInt8]) throws -> Int {
+            let at = size
+            try bytes.withUnsafeBytes { b in
+                var done = 0
+                while done < b.count {
+                    let n = pwrite(fd, b.baseAddress! + done, b.count - done, off_t(at + done))
+                    guard n > 0 else { throw FormatError("MWQ", "cannot write the spill file (\(String(cString: strerror(errno))))") }
+                    done += n
+                }
+            }
+            size += bytes.count
+            return at
+        }
+
+        func read(at offset: Int, count: Int) throws -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: count)
+            try out.withUnsafeMutableBytes { b in
+                var done = 0
+                while done < count {
+                    let n = pread(fd, b.baseAddress! + done, count - done, off_t(offset + done))
+                    guard n > 0 else { throw FormatError("MWQ", "cannot read the spill file back (\(String(cString: strerror(errno))))") }
+                    done += n
+                }
+            }
+            return out
+        }
+    }
+
+    private mutating func addRecord(layer: Int, expert: Int, matrices: [MWQHeader.ExpertRecord.Matrix], levels: [[UInt8]]) throws {
+        var r = Record(layer: layer, expert: expert, matrices: matrices, levelBytes: levels.map(\.count),
+                       levelCRC32: levels.map { CRC32.checksum($0) }, levels: levels, spilled: nil)
+        if let spill {
+            r.spilled = try spill.append(Array(levels.joined()))
+            r.levels = []
+        }
+        records.append(r)
     }
 
     /// A resident tensor from float32 values, stored as `dtype` (an `ElementType` name: "f32",
@@ -199,7 +270,7 @@ public struct MWQWriter {
             throw FormatError("MWQ", "expert (\(layer), \(expert)) has \(levels) nested levels; the file's quantization wants \(header.quantization.bits.count)\(header.quantization.isNested ? "" : " separate copies (addExpertCopies)")")
         }
         let stored = (0..<levels).map { k in matrices.flatMap { $0.matrix.levelBytes(k) } }
-        records.append((layer, expert, matrices.map { .init(name: $0.name, rows: $0.matrix.rows, cols: $0.matrix.cols) }, stored))
+        try addRecord(layer: layer, expert: expert, matrices: matrices.map { .init(name: $0.name, rows: $0.matrix.rows, cols: $0.matrix.cols) }, levels: stored)
     }
 
     /// One (layer, expert) record of separate copies (quantization `nested: false`): for each
@@ -214,7 +285,7 @@ public struct MWQWriter {
             }
         }
         let stored = q.bits.indices.map { k in matrices.flatMap { $0.copies[k].levelBytes(0) } }
-        records.append((layer, expert, matrices.map { .init(name: $0.name, rows: $0.copies[0].rows, cols: $0.copies[0].cols) }, stored))
+        try addRecord(layer: layer, expert: expert, matrices: matrices.map { .init(name: $0.name, rows: $0.copies[0].rows, cols: $0.copies[0].cols) }, levels: stored)
     }
 
     public func write(to path: String) throws {
@@ -231,8 +302,8 @@ public struct MWQWriter {
         }
         var experts: [MWQHeader.ExpertRecord] = []
         for r in records {
-            experts.append(.init(layer: r.layer, expert: r.expert, offset: 0, levelBytes: r.levels.map(\.count),
-                                 levelCRC32: r.levels.map { CRC32.checksum($0) }, matrices: r.matrices))
+            experts.append(.init(layer: r.layer, expert: r.expert, offset: 0, levelBytes: r.levelBytes,
+                                 levelCRC32: r.levelCRC32, matrices: r.matrices))
         }
         header.residentBytes = residentBlob.count
         header.residentCRC32 = CRC32.checksum(residentBlob)
@@ -270,7 +341,12 @@ public struct MWQWriter {
         // Level by level from the records: a joined copy of every record doubled the writer's memory.
         for (e, r) in zip(header.experts, records) {
             try pad(to: e.offset)
-            for level in r.levels { try put(level) }
+            if let spilled = r.spilled, let spill {
+                var at = spilled
+                for count in r.levelBytes { try put(try spill.read(at: at, count: count)); at += count }
+            } else {
+                for level in r.levels { try put(level) }
+            }
         }
         try pad(to: align(written, 4096))
         try out.synchronize()

@@ -103,16 +103,20 @@ struct MWQTests {
         #expect(throws: FormatError.self) { try Self.quantize([Float](repeating: 0, count: 64), rows: 1, cols: 64, group: 32, base: 9, signs: 0) }
     }
 
-    static func writeSample(_ path: String) throws -> (MWQMatrix, [Float]) {
+    /// `spillDirectory`: the writer keeps its records in a spill file there instead of in memory.
+    static func writeSample(_ path: String, spillDirectory: String? = nil) throws -> (MWQMatrix, [Float]) {
         let m = try quantize(weights(8 * 128, seed: 5), rows: 8, cols: 128, group: 64, base: 2, signs: 2)
         let resident = weights(300, seed: 6)
-        var writer = MWQWriter(modelType: "llama", config: .object(["hidden_size": .int(128)]), tokenizer: .object(["kind": .string("none")]),
-                               quantization: .init(scheme: "v1", bits: [2, 3, 4], group: 64, scales: "minmax", resident: "f16"))
+        var writer = try MWQWriter(modelType: "llama", config: .object(["hidden_size": .int(128)]), tokenizer: .object(["kind": .string("none")]),
+                                   quantization: .init(scheme: "v1", bits: [2, 3, 4], group: 64, scales: "minmax", resident: "f16"),
+                                   spillDirectory: spillDirectory)
         try writer.addResident("norm.weight", shape: [300], values: resident, dtype: "f32")
         try writer.addResident("embed.weight", shape: [3, 100], values: resident, dtype: "f16")
         try writer.addResident("head.weight", shape: [5, 32], values: Array(resident.prefix(160)), dtype: "q8_0")
         writer.addResident("proj.weight", matrix: try projection())
         try writer.addExpert(layer: 0, expert: 1, matrices: [("a.weight", m), ("b.weight", m)])
+        let m2 = try quantize(weights(40 * 64, seed: 7), rows: 40, cols: 64, group: 64, base: 2, signs: 2)
+        try writer.addExpert(layer: 1, expert: 0, matrices: [("d.weight", m2)])
         try writer.write(to: path)
         return (m, resident)
     }
@@ -120,6 +124,20 @@ struct MWQTests {
     /// A resident projection as `--resident q4` stores it: a 4-bit base in groups of 32.
     static func projection() throws -> MWQMatrix {
         try quantize(weights(40 * 96, seed: 9), rows: 40, cols: 96, group: 32, base: 4, signs: 0)
+    }
+
+    /// Records kept in a spill file give the same file, byte for byte, and leave nothing behind.
+    @Test func spilledRecordsWriteTheSameFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mwq-spill-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let memory = dir.appendingPathComponent("memory.mwq").path, spilled = dir.appendingPathComponent("spilled.mwq").path
+        _ = try Self.writeSample(memory)
+        _ = try Self.writeSample(spilled, spillDirectory: dir.path)
+        let a = try Data(contentsOf: URL(fileURLWithPath: memory)), b = try Data(contentsOf: URL(fileURLWithPath: spilled))
+        #expect(a.count > 3 * 4096 && a == b)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() == ["memory.mwq", "spilled.mwq"])
+        #expect(throws: FormatError.self) { _ = try Self.writeSample(dir.appendingPathComponent("x.mwq").path, spillDirectory: "/nonexistent/dir") }
     }
 
     @Test func containerRoundTrip() throws {
