@@ -114,29 +114,15 @@ public final class GGUFFile: @unchecked Sendable {
 
     /// All elements as float32, in GGUF order (index = i0 + ne0·(i1 + ne1·…)).
     public func dequantize(_ info: GGUFTensorInfo) throws -> [Float] {
-        var out = [Float](repeating: 0, count: info.elementCount)
-        try out.withUnsafeMutableBufferPointer { try dequantize(info, into: $0.baseAddress!) }
-        return out
+        try dequantize(info, elements: 0..<info.elementCount)
     }
 
     /// Elements `elements` of the tensor as float32 (GGUF order), dequantizing only their blocks:
     /// one expert of a stacked `*_exps` tensor without the other experts. The range must start
     /// and end on block boundaries.
     public func dequantize(_ info: GGUFTensorInfo, elements: Range<Int>) throws -> [Float] {
-        let n = info.type.blockSize
-        guard elements.lowerBound >= 0, elements.upperBound <= info.elementCount,
-              elements.lowerBound % n == 0, elements.count % n == 0 else {
-            throw FormatError(path, "elements \(elements) of tensor '\(info.name)' (\(info.elementCount) elements) do not fall on \(info.type.name) block boundaries")
-        }
-        guard info.type.isDequantizable else {
-            throw FormatError(path, "tensor '\(info.name)' has quant type \(info.type.name), which this engine does not read")
-        }
-        let bytes = try rawBytes(of: info)
         var out = [Float](repeating: 0, count: elements.count)
-        try out.withUnsafeMutableBufferPointer {
-            try GGMLDequantizer.dequantize(type: info.type, bytes: bytes.baseAddress! + info.type.byteCount(elements: elements.lowerBound),
-                                           count: elements.count, into: $0.baseAddress!)
-        }
+        try out.withUnsafeMutableBufferPointer { try dequantize(info, elements: elements, into: $0.baseAddress!) }
         return out
     }
 
@@ -147,13 +133,7 @@ public final class GGUFFile: @unchecked Sendable {
             throw FormatError(path, "rows \(rows) of tensor '\(info.name)' \(info.dimensions) are out of range")
         }
         let cols = info.dimensions[0]
-        let bytes = try rawBytes(of: info)
-        guard info.type.isDequantizable, cols % info.type.blockSize == 0 else {
-            throw FormatError(path, "tensor '\(info.name)' has quant type \(info.type.name), which this engine does not read")
-        }
-        let rowBytes = info.type.byteCount(elements: cols)
-        try GGMLDequantizer.dequantize(type: info.type, bytes: bytes.baseAddress! + rows.lowerBound * rowBytes,
-                                       count: rows.count * cols, into: out)
+        try dequantize(info, elements: (rows.lowerBound * cols)..<(rows.upperBound * cols), into: out)
     }
 
     /// Lets the kernel drop this process's resident pages of the tensor's elements `elements`
@@ -170,11 +150,22 @@ public final class GGUFFile: @unchecked Sendable {
 
     /// Writes the tensor's elementCount floats to `out`.
     public func dequantize(_ info: GGUFTensorInfo, into out: UnsafeMutablePointer<Float>) throws {
+        try dequantize(info, elements: 0..<info.elementCount, into: out)
+    }
+
+    /// Writes elements `elements` (on block boundaries) as float32 to `out`.
+    private func dequantize(_ info: GGUFTensorInfo, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) throws {
         let bytes = try rawBytes(of: info)
         guard info.type.isDequantizable else {
             throw FormatError(path, "tensor '\(info.name)' has quant type \(info.type.name), which this engine does not read")
         }
-        try GGMLDequantizer.dequantize(type: info.type, bytes: bytes.baseAddress!, count: info.elementCount, into: out)
+        let n = info.type.blockSize
+        guard elements.lowerBound >= 0, elements.upperBound <= info.elementCount,
+              elements.lowerBound % n == 0, elements.count % n == 0 else {
+            throw FormatError(path, "elements \(elements) of tensor '\(info.name)' (\(info.elementCount) elements) do not fall on \(info.type.name) block boundaries")
+        }
+        try GGMLDequantizer.dequantize(type: info.type, bytes: bytes.baseAddress! + info.type.byteCount(elements: elements.lowerBound),
+                                       count: elements.count, into: out)
     }
 }
 
