@@ -37,10 +37,17 @@ public enum MemoryBandwidth {
     }
 }
 
-/// CRC-32 (IEEE 802.3, zlib's) in the C target, slicing by 8.
+/// CRC-32 (IEEE 802.3, zlib's) in the C target: carry-less multiplication folding where the CPU
+/// has it (every streamed expert piece is verified, on the I/O threads), slicing by 8 elsewhere.
 public enum FastCRC32 {
     public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
         guard let base = bytes.baseAddress else { return crc }
         return d2moe_crc32(crc, base, bytes.count)
+    }
+
+    /// The slicing-by-8 path alone: the reference the folding path is tested against.
+    public static func tableChecksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+        guard let base = bytes.baseAddress else { return crc }
+        return d2moe_crc32_table(crc, base, bytes.count)
     }
 }

@@ -255,6 +255,35 @@ import D2MoEKernels
     func maxError(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? 0 }
 }
 
+/// The CRC-32 folding path (PCLMULQDQ where the CPU has it) against the table path and the
+/// standard check value, for every length up to 300 and a few large ones, at unaligned starts.
+@Suite struct CRC32Tests {
+    @Test func foldingEqualsTheTablePath() {
+        let check = Array("123456789".utf8)
+        check.withUnsafeBytes {
+            #expect(FastCRC32.checksum($0) == 0xCBF4_3926)
+            #expect(FastCRC32.tableChecksum($0) == 0xCBF4_3926)
+        }
+        var rng = SeededRandom(seed: 11)
+        let data = (0..<70_000).map { _ in UInt8(rng.uniform() * 256) }
+        data.withUnsafeBytes { all in
+            for n in Array(0...300) + [1024, 4096 + 7, 65_536, 69_990] {
+                for offset in [0, 1, 5] {
+                    let slice = UnsafeRawBufferPointer(rebasing: all[offset..<(offset + n)])
+                    for start: UInt32 in [0, 0x1234_5678] {
+                        #expect(FastCRC32.checksum(slice, continuing: start) == FastCRC32.tableChecksum(slice, continuing: start),
+                                "\(n) bytes at \(offset) from \(start)")
+                    }
+                }
+            }
+            // Continuing across a split gives the checksum of the whole.
+            let whole = FastCRC32.checksum(all)
+            #expect(FastCRC32.checksum(UnsafeRawBufferPointer(rebasing: all[1000...]),
+                                       continuing: FastCRC32.checksum(UnsafeRawBufferPointer(rebasing: all[..<1000]))) == whole)
+        }
+    }
+}
+
 /// Deterministic uniform numbers for tests.
 struct SeededRandom {
     var state: UInt64

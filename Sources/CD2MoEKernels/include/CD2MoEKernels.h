@@ -91,9 +91,14 @@ void d2moe_q8_matmul_avx2(const void *w, long rows, long cols, const int8_t *xq,
 void d2moe_q8_gemm_avx2(const void *w, long rows, long cols, const int16_t *xq, const float *xscale, long tokens,
                         float *y, long row_begin, long row_end);
 
-/// CRC-32 (IEEE 802.3, zlib's) of n bytes continuing from `crc` (0 to start), slicing by 8:
-/// eight table lookups per 8 bytes, so verifying an expert piece keeps up with the SSD.
+/// CRC-32 (IEEE 802.3, zlib's) of n bytes continuing from `crc` (0 to start). Where the CPU has
+/// PCLMULQDQ and SSE4.1 (checked at run time), carry-less multiplication folding of 64 bytes per
+/// step; elsewhere, and for the last n % 16 bytes, `d2moe_crc32_table`.
 uint32_t d2moe_crc32(uint32_t crc, const void *bytes, size_t n);
+
+/// The same CRC by slicing by 8 (eight table lookups per 8 bytes): the portable path, and the
+/// reference the folding path is tested against.
+uint32_t d2moe_crc32_table(uint32_t crc, const void *bytes, size_t n);
 
 /// Moves the pages of [from, from + length) of an anonymous mapping to `to`, replacing what is
 /// mapped there (Linux mremap with MREMAP_FIXED): the pages keep their contents and stay
