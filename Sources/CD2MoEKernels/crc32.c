@@ -97,19 +97,18 @@ static uint32_t crc32_fold(uint32_t c, const unsigned char *p, size_t n) {
     return (uint32_t)_mm_extract_epi32(a, 1);
 }
 
-static int has_clmul(void) {
-    static int known = -1;
-    if (known < 0) {
-        unsigned eax, ebx, ecx, edx;
-        known = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_PCLMUL) && (ecx & bit_SSE4_1);
-    }
-    return known;
+// Set once at load, before any thread can checksum (I/O threads call this concurrently).
+static int has_clmul;
+
+__attribute__((constructor)) static void crc32_detect(void) {
+    unsigned eax, ebx, ecx, edx;
+    has_clmul = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_PCLMUL) && (ecx & bit_SSE4_1);
 }
 #endif
 
 uint32_t d2moe_crc32(uint32_t crc, const void *bytes, size_t n) {
 #if defined(__x86_64__)
-    if (n >= 64 && has_clmul()) {
+    if (n >= 64 && has_clmul) {
         size_t folded = n & ~(size_t)15;
         uint32_t c = ~crc32_fold(~crc, bytes, folded);
         return d2moe_crc32_table(c, (const unsigned char *)bytes + folded, n - folded);

@@ -140,8 +140,8 @@ public final class GGUFFile: @unchecked Sendable {
     /// (all of it when nil) once a load has converted them; touching them again reads them back.
     public func releaseResidentPages(of info: GGUFTensorInfo, elements: Range<Int>? = nil) {
         let range = elements ?? 0..<info.elementCount
-        let start = info.type.byteCount(elements: range.lowerBound / info.type.blockSize * info.type.blockSize)
-        file.releaseResidentPages(at: info.offset + start, count: info.type.byteCount(elements: range.count))
+        file.releaseResidentPages(at: info.offset + info.type.byteCount(elements: range.lowerBound),
+                                  count: info.type.byteCount(elements: range.count))
     }
 
     /// This process's resident bytes of the file's mapping (from /proc/self/smaps; 0 where it

@@ -111,10 +111,12 @@ public enum MWQConverter {
         if group != requested { progress("group \(requested) does not divide widths \(Set(columns).sorted()); using group \(group)") }
         let tokenizer: JSONValue = source.gguf.map { .object(["kind": .string("gguf"), "metadata": GGUFMetadata.tokenizerJSON($0)]) }
             ?? TokenizerLoader.folderFilesJSON(source.folder!)
+        // Records wait beside the output: same file system, and not a RAM-backed /tmp.
+        let outputFolder = (out as NSString).deletingLastPathComponent.isEmpty ? "." : (out as NSString).deletingLastPathComponent
         var writer = try MWQWriter(modelType: source.modelType, config: try jsonValue(source.config), tokenizer: tokenizer,
                                quantization: .init(scheme: scheme.name, bits: scheme.bits, group: group, scales: "minmax", resident: resident,
                                                    nested: scheme.nested),
-                               spillDirectory: (out as NSString).deletingLastPathComponent.isEmpty ? "." : (out as NSString).deletingLastPathComponent)
+                               spillDirectory: outputFolder)
         var summary = Summary(expertRecords: 0, quantizedWeights: 0, residentBytes: 0,
                               expertBytesPerLevel: Array(repeating: 0, count: scheme.bits.count),
                               nmsePerLevel: Array(repeating: 0, count: scheme.bits.count), group: group, seconds: 0,

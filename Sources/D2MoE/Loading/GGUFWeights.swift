@@ -68,16 +68,14 @@ package final class GGUFWeights: WeightSource {
     /// A plain 2-D tensor a block of rows at a time (no float32 copy of a whole 50304 × 2048
     /// embedding); nil for what `floats` must rework (q/k rows llama.cpp permuted, norms,
     /// stacked experts).
-    package func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)? {
+    package func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) throws -> Void)? {
         guard let (info, expert) = locate(name), expert == nil, info.dimensions.count == 2,
               info.type.isDequantizable, info.dimensions[0] % info.type.blockSize == 0 else { return nil }
         if architecture.ggufPermutesQK && (name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.k_proj.weight")) { return nil }
         if architecture.ggufNormOffset != 0 && name.hasSuffix("norm.weight") { return nil }
-        _ = try file.rawBytes(of: info)  // a tensor past the end of the file fails here, not in the fill
         let file = self.file, cols = info.dimensions[0]
         return { rows, out in
-            // Checked above: in range, a readable type, whole blocks per row.
-            try! file.dequantizeRows(info, rows, into: out)
+            do { try file.dequantizeRows(info, rows, into: out) } catch let e as FormatError { throw ModelError(e.description) }
             file.releaseResidentPages(of: info, elements: (rows.lowerBound * cols)..<(rows.upperBound * cols))
         }
     }

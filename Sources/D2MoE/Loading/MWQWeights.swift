@@ -64,7 +64,7 @@ final class MWQWeights: PackedWeightSource {
 
     /// Resident matrices of a plain element type, a few rows at a time, so loading converts them
     /// without a float32 copy of the whole tensor.
-    func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)? {
+    func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) throws -> Void)? {
         guard file.residentTensor(name) != nil else { return nil }
         let m: DenseMatrix?
         do { m = try file.residentMatrix(name) } catch let e as FormatError { throw ModelError(e.description) }

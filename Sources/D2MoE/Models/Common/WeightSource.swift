@@ -11,8 +11,9 @@ public protocol WeightSource: AnyObject {
     /// All elements as float32, row-major in PyTorch order.
     func floats(_ name: String) throws -> [Float]
     /// For a [rows, cols] tensor this source can read a few rows at a time: a function writing rows
-    /// `range` as float32 into its buffer. nil: only `floats` (the whole tensor) is available.
-    func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)?
+    /// `range` as float32 into its buffer (a read error is thrown). nil: only `floats` (the whole
+    /// tensor) is available.
+    func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) throws -> Void)?
 }
 
 /// A source that lists the tensors an architecture asks for, in order, without building the
@@ -23,7 +24,7 @@ protocol TensorNameRecorder: WeightSource {
 }
 
 extension WeightSource {
-    public func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) -> Void)? { nil }
+    public func rowReader(_ name: String) throws -> ((Range<Int>, UnsafeMutablePointer<Float>) throws -> Void)? { nil }
 }
 
 /// Errors building a model: the message names the file, the tensor and the problem.
@@ -158,7 +159,7 @@ extension WeightSource {
     func matrix(_ name: String, rows: Int, cols: Int, dtype: ElementType) throws -> DenseMatrix {
         try checkShape(name, [rows, cols])
         if let read = try rowReader(name) {
-            return DenseMatrix.quantized(rows: rows, cols: cols, type: dtype.holds(cols: cols) ? dtype : .f16, fill: read)
+            return try DenseMatrix.quantized(rows: rows, cols: cols, type: dtype.holds(cols: cols) ? dtype : .f16, fill: read)
         }
         return DenseMatrix.make(rows: rows, cols: cols, values: try floats(name), dtype: dtype)
     }
